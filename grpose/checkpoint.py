@@ -1,0 +1,170 @@
+"""Checkpoint IO: read .ckpt/.pth/.safetensors state dicts, load them with a key report, save them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Keys that differ between otherwise compatible SD1.5 / GRPose files and never mean a wrong architecture.
+DEFAULT_IGNORED_PATTERNS: tuple[str, ...] = ("model_ema.", "position_ids", "lvlb_weights", "logvar")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or does not fit the model; the message says which and why."""
+
+
+def _missing_file_message(path: Path, config_key: str | None, what: str | None) -> str:
+    parts = [f"checkpoint file not found: {path}"]
+    if what:
+        parts.append(f"(expected: {what})")
+    if config_key:
+        parts.append(f"- set config key '{config_key}' to the file's path")
+    parts.append("- see models/README.md for where each weight file comes from")
+    return " ".join(parts)
+
+
+def read_state_dict(
+    path: str | Path, config_key: str | None = None, what: str | None = None, map_location: str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.ckpt``/``.pth``/``.pt``/``.bin`` (torch) or ``.safetensors``.
+
+    A ``state_dict`` entry (Lightning, mmcv) is unwrapped, and so is a leading ``module.`` (DDP) prefix.
+    ``config_key`` and ``what`` only improve the error message when the file is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(_missing_file_message(path, config_key, what))
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=map_location)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"could not read {path} as safetensors (truncated or corrupt?): {err}") from err
+    try:
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        except pickle.UnpicklingError:
+            # Old Lightning/mmcv checkpoints pickle non-tensor metadata that weights_only refuses.
+            log.warning("%s holds non-tensor objects; loading it with weights_only=False (trusted files only)", path)
+            obj = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError, ValueError) as err:
+        raise CheckpointError(f"could not read checkpoint {path} (truncated or corrupt?): {err}") from err
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    state_dict = dict(obj)
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """Write a state dict as ``.safetensors`` or, for any other suffix, a torch file ``{'state_dict': ...}``.
+
+    The file is written next to its destination and renamed, so an interrupted save never leaves a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(tmp))
+    else:
+        torch.save({"state_dict": tensors}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class LoadReport:
+    """What happened to each key when a state dict was loaded into a module."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.unexpected
+
+    def summary(self, limit: int = 10) -> str:
+        lines = [
+            f"loaded {len(self.loaded)} keys, ignored {len(self.ignored)}, "
+            f"missing {len(self.missing)}, unexpected {len(self.unexpected)}"
+        ]
+        for name, keys in (("missing", self.missing), ("unexpected", self.unexpected)):
+            if keys:
+                shown = ", ".join(keys[:limit]) + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+                lines.append(f"  {name}: {shown}")
+        if self.ignored:
+            groups = sorted({k.split(".")[0] for k in self.ignored})
+            lines.append(f"  ignored groups: {', '.join(groups)}")
+        return "\n".join(lines)
+
+
+def _matches(key: str, patterns: Iterable[str]) -> bool:
+    return any(key.startswith(p) or p in key for p in patterns)
+
+
+def load_into(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    strict: bool = True,
+    ignore: Iterable[str] = (),
+    source: str = "state dict",
+) -> LoadReport:
+    """Load ``state_dict`` into ``module`` and report missing, unexpected and ignored keys.
+
+    Keys matching ``DEFAULT_IGNORED_PATTERNS`` or ``ignore`` (prefixes such as ``mmpose_model.``) are reported
+    as ignored on either side. A shape mismatch always fails naming the key and both shapes; with ``strict``
+    any other missing or unexpected key fails with the list.
+    """
+    patterns = tuple(DEFAULT_IGNORED_PATTERNS) + tuple(ignore)
+    own = module.state_dict()
+    report = LoadReport()
+    to_load: dict[str, torch.Tensor] = {}
+    mismatched = []
+    for key, value in state_dict.items():
+        if key in own:
+            if tuple(own[key].shape) != tuple(value.shape):
+                mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+            else:
+                to_load[key] = value
+        elif _matches(key, patterns):
+            report.ignored.append(key)
+        else:
+            report.unexpected.append(key)
+    for key in own:
+        if key not in state_dict:
+            (report.ignored if _matches(key, patterns) else report.missing).append(key)
+    if mismatched:
+        shown = "\n  ".join(mismatched[:10])
+        raise CheckpointError(
+            f"{source} does not fit the model: {len(mismatched)} shape mismatch(es), e.g.\n  {shown}\n"
+            "Is it a checkpoint of another architecture (e.g. SD2 instead of SD1.5) or another config?"
+        )
+    if strict and not report.ok:
+        raise CheckpointError(f"{source} does not fit the model:\n{report.summary()}")
+    module.load_state_dict(to_load, strict=False, assign=_is_meta(module))
+    report.loaded = sorted(to_load)
+    return report
+
+
+def _is_meta(module: nn.Module) -> bool:
+    return any(p.is_meta for p in module.parameters())

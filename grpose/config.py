@@ -1,0 +1,123 @@
+"""YAML configs: load and merge files, apply dotted overrides, instantiate ``target``/``params`` nodes."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config file, override or node is wrong; the message names the file or the YAML path."""
+
+
+def load_config(*paths: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load and merge YAML files (later files override earlier ones), then apply ``key.sub=value`` overrides."""
+    if not paths:
+        raise ConfigError("load_config needs at least one YAML file")
+    configs = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path} (pass an existing YAML file, e.g. configs/grpose/tiny.yaml)")
+        try:
+            configs.append(OmegaConf.load(path))
+        except Exception as err:  # yaml.YAMLError and friends; re-raised with the file name
+            raise ConfigError(f"could not parse config file {path}: {err}") from err
+    config = OmegaConf.merge(*configs)
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """Apply dotted command-line overrides such as ``model.params.alpha=3`` (values are parsed as YAML)."""
+    overrides = list(overrides)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    if overrides:
+        try:
+            config = OmegaConf.merge(config, OmegaConf.from_dotlist(overrides))
+        except Exception as err:
+            raise ConfigError(f"could not apply overrides {overrides}: {err}") from err
+    return config
+
+
+def _locate(target: str, yaml_path: str) -> Any:
+    """Import ``package.module.Name`` and return ``Name``."""
+    module_name, _, attr = target.rpartition(".")
+    if not module_name:
+        raise ConfigError(f"{yaml_path}.target = {target!r} is not a dotted path like 'grpose.model.GRPose'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"{yaml_path}.target = {target!r}: cannot import module {module_name!r} ({err})") from err
+    if not hasattr(module, attr):
+        raise ConfigError(f"{yaml_path}.target = {target!r}: module {module_name!r} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def _check_params(fn: Any, params: dict[str, Any], yaml_path: str) -> None:
+    """Raise a ConfigError naming the YAML path for unknown or missing constructor arguments."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    parameters = signature.parameters
+    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    named = {n for n, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != "self"}
+    unknown = sorted(set(params) - named)
+    if unknown and not accepts_kwargs:
+        raise ConfigError(
+            f"{yaml_path}.params: unknown parameter(s) {unknown} for {fn.__module__}.{fn.__qualname__}; "
+            f"accepted: {sorted(named)}"
+        )
+    missing = sorted(
+        n
+        for n, p in parameters.items()
+        if n in named and p.default is inspect.Parameter.empty and n not in params and p.kind is not p.POSITIONAL_ONLY
+    )
+    if missing:
+        raise ConfigError(f"{yaml_path}.params: missing required parameter(s) {missing} for {fn.__qualname__}")
+
+
+def to_container(node: Any) -> Any:
+    """Resolve an OmegaConf node to plain Python containers (other values pass through)."""
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def instantiate(node: Any, yaml_path: str = "<config>", **extra: Any) -> Any:
+    """Build the object described by ``{target: dotted.Name, params: {...}}``.
+
+    Nested ``target`` nodes inside params are instantiated recursively (depth first). ``extra`` keyword
+    arguments are added to (and override) the node's params.
+    """
+    if isinstance(node, DictConfig | ListConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(node, dict) or "target" not in node:
+        raise ConfigError(f"{yaml_path} has no 'target' key; expected {{target: package.Class, params: {{...}}}}")
+    unknown_keys = set(node) - {"target", "params"}
+    if unknown_keys:
+        raise ConfigError(f"{yaml_path}: unexpected key(s) {sorted(unknown_keys)} next to target/params")
+    fn = _locate(node["target"], yaml_path)
+    params = dict(node.get("params") or {})
+    params = {k: _instantiate_nested(v, f"{yaml_path}.params.{k}") for k, v in params.items()}
+    params.update(extra)
+    _check_params(fn, params, yaml_path)
+    try:
+        return fn(**params)
+    except ConfigError:
+        raise
+    except TypeError as err:
+        raise ConfigError(f"{yaml_path}: building {node['target']} failed: {err}") from err
+
+
+def _instantiate_nested(value: Any, yaml_path: str) -> Any:
+    if isinstance(value, dict) and "target" in value and set(value) <= {"target", "params"}:
+        return instantiate(value, yaml_path)
+    return value

@@ -1,0 +1,1 @@
+"""Datasets (Human-Art, LAION-Human, synthetic) and the LightningDataModule."""

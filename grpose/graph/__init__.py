@@ -1,0 +1,1 @@
+"""Dynamic kNN graphs over feature maps and ViG-style graph convolutions."""

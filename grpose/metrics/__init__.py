@@ -1,0 +1,1 @@
+"""Pose-alignment metrics (AP/AR, CAP, PCE) and image-quality metrics (FID, KID, CLIP-score)."""

@@ -1,0 +1,1 @@
+"""Human pose: COCO-17 skeleton rendering, pose masks and the bottom-up pose estimators."""
