@@ -9,7 +9,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-REFERENCE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
 
 
 @pytest.fixture(autouse=True)
