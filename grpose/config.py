@@ -23,7 +23,9 @@ def load_config(*paths: str | Path, overrides: Sequence[str] = ()) -> DictConfig
     for path in paths:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path} (pass an existing YAML file, e.g. configs/grpose/tiny.yaml)")
+            raise ConfigError(
+                f"config file not found: {path} (pass an existing YAML file, e.g. configs/grpose/tiny.yaml)"
+            )
         try:
             configs.append(OmegaConf.load(path))
         except Exception as err:  # yaml.YAMLError and friends; re-raised with the file name

@@ -1,0 +1,141 @@
+"""Training callbacks: image grids, RNG state and config in checkpoints, a usable last.ckpt on Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.utilities import rank_zero_only
+
+from grpose.pose.skeleton import render_skeleton
+
+log = logging.getLogger(__name__)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class ImageLogger(pl.Callback):
+    """Every ``every_n_steps`` steps on rank 0: a grid of pose image | sample | sample with skeleton | ground truth.
+
+    Runs under no_grad in eval mode and restores train mode; at most ``max_images`` (4) rows, so it never
+    causes an out-of-memory the training step would not.
+    """
+
+    def __init__(self, every_n_steps: int = 300, max_images: int = 4, num_steps: int = 20, out_dir: str | None = None):
+        self.every_n_steps = every_n_steps
+        self.max_images = min(max_images, 4)
+        self.num_steps = num_steps
+        self.out_dir = out_dir
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps:
+            return
+        self.log_batch(trainer, pl_module, batch, step)
+
+    @rank_zero_only
+    def on_train_end(self, trainer, pl_module) -> None:
+        batch = getattr(self, "_last_batch", None)
+        if batch is not None:
+            self.log_batch(trainer, pl_module, batch, trainer.global_step)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.is_global_zero:
+            self._last_batch = {k: v[: self.max_images] for k, v in batch.items()}
+
+    def log_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict[str, Any], step: int) -> Path:
+        n = min(self.max_images, len(batch["txt"]))
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            hint = pl_module.batch_images(batch, "hint")[:n]
+            generator = torch.Generator(device=hint.device).manual_seed(step)
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                samples = pl_module.sample(hint, list(batch["txt"][:n]), num_steps=self.num_steps, generator=generator)
+        finally:
+            pl_module.train(was_training)
+        grid = self.make_grid(batch, samples, n)
+        out_dir = Path(self.out_dir or os.path.join(trainer.default_root_dir, "images"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"step_{step:07d}.png"
+        from PIL import Image
+
+        Image.fromarray(grid).save(path)
+        experiment = getattr(trainer.logger, "experiment", None)
+        if hasattr(experiment, "add_image"):
+            experiment.add_image("train/samples", grid, step, dataformats="HWC")
+        log.info("image grid written to %s", path)
+        return path
+
+    @staticmethod
+    def make_grid(batch: dict[str, Any], samples: torch.Tensor, n: int) -> np.ndarray:
+        """Rows of [pose image | sample | sample with skeleton | ground truth], uint8 (n·H, 4·W, 3)."""
+        hints = _to_uint8(batch["hint"][:n].permute(0, 3, 1, 2))
+        truth = _to_uint8(batch["jpg"][:n].permute(0, 3, 1, 2))
+        generated = _to_uint8(samples)
+        poses = batch["pose"][:n].cpu().numpy()
+        rows = []
+        for i in range(n):
+            h, w = generated[i].shape[:2]
+            overlay = render_skeleton(poses[i], h, w, canvas=generated[i].copy())
+            rows.append(np.concatenate([hints[i], generated[i], overlay, truth[i]], axis=1))
+        return np.concatenate(rows, axis=0)
+
+
+class ResumeState(pl.Callback):
+    """Stores what plain Lightning checkpoints lack for an exact resume: every rank's RNG state and the config.
+
+    On load, each rank gets its own RNG state back, so a resumed run draws the same timesteps and noise as an
+    uninterrupted one. The resolved config is stored so a resume with another config fails early (train.py).
+    """
+
+    def __init__(self, config_yaml: str | None = None):
+        self.config_yaml = config_yaml
+        self._loaded_rng: list[dict] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, states)
+        else:
+            gathered = [states]
+        return {"rng_states": gathered, "config_yaml": self.config_yaml}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded_rng = state_dict.get("rng_states")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._loaded_rng:
+            rank = trainer.global_rank if trainer.global_rank < len(self._loaded_rng) else 0
+            states = dict(self._loaded_rng[rank])
+            if not torch.cuda.is_available():
+                states.pop("torch.cuda", None)
+            _set_rng_states(states)
+            self._loaded_rng = None
+
+
+class SaveOnInterrupt(pl.Callback):
+    """On Ctrl-C (KeyboardInterrupt) write ``last.ckpt`` so the run can be resumed with ``--resume``."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt):
+            return
+        path = os.path.join(self.dirpath, "last.ckpt")
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            log.warning("interrupted at step %d: wrote %s (resume with --resume %s)", trainer.global_step, path, path)

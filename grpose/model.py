@@ -1,0 +1,295 @@
+"""The GRPose LightningModule: wires the frozen SD1.5 parts, the trainable adapter, the schedule and the losses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from grpose.diffusion.ddim import ddim_sample
+from grpose.diffusion.schedule import make_beta_schedule, predict_x0_from_eps, q_sample, schedule_buffers
+from grpose.pose.masks import pose_masks
+
+log = logging.getLogger(__name__)
+
+NEGATIVE_PROMPT = (
+    "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
+    "worst quality, low quality"
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step, the loss terms and the images."""
+
+
+class _DiffusionWrapper(nn.Module):
+    """Holds the UNet under the ldm name ``model.diffusion_model`` so SD1.5 checkpoints load unchanged."""
+
+    def __init__(self, diffusion_model: nn.Module) -> None:
+        super().__init__()
+        self.diffusion_model = diffusion_model
+
+
+class GRPoseModel(pl.LightningModule):
+    """Frozen SD1.5 + a trainable pose adapter (GRPose, paper Sec. 3; DESIGN.md sections 3 and 5).
+
+    State-dict layout: ``model.diffusion_model.*`` (UNet), ``first_stage_model.*`` (VAE), ``cond_stage_model.*``
+    (CLIP text encoder), ``control_model.*`` (adapter) and the ldm schedule buffers. The optional pose feature
+    network of the perception loss is frozen, loaded from its own file, and kept out of the state dict.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        text_encoder: nn.Module,
+        adapter: nn.Module,
+        pose_feature_network: nn.Module | None = None,
+        timesteps: int = 1000,
+        linear_start: float = 0.00085,
+        linear_end: float = 0.012,
+        scale_factor: float = 0.18215,
+        learning_rate: float = 1e-5,
+        weight_decay: float = 0.01,
+        sd_locked: bool = True,
+        alpha: float = 5.0,
+        gaussian_kernels: Sequence[int] = (23, 13),
+        mask_sigma: float = 3.0,
+        percept_loss_weight: float = 0.0,
+        nonfinite_loss: str = "raise",
+        sample_steps: int = 50,
+        guidance_scale: float = 9.0,
+        negative_prompt: str = NEGATIVE_PROMPT,
+    ) -> None:
+        super().__init__()
+        if nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"model.params.nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
+        if percept_loss_weight > 0 and pose_feature_network is None:
+            raise ValueError(
+                "model.params.percept_loss_weight > 0 needs model.params.pose_feature_network "
+                "(e.g. grpose.pose.features.PoseFeatureNetwork with the MobileNetV2 checkpoint)"
+            )
+        self.model = _DiffusionWrapper(unet)
+        self.first_stage_model = vae
+        self.cond_stage_model = text_encoder
+        self.control_model = adapter
+        # Kept outside the module tree: frozen, loaded from its own file, never checkpointed or wrapped by DDP.
+        self._pose_net: list[nn.Module] = [pose_feature_network] if pose_feature_network is not None else []
+        for name, value in schedule_buffers(make_beta_schedule("linear", timesteps, linear_start, linear_end)).items():
+            self.register_buffer(name, value)
+        self.num_timesteps = timesteps
+        self.scale_factor = scale_factor
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.sd_locked = sd_locked
+        self.alpha = alpha
+        self.gaussian_kernels = tuple(gaussian_kernels)
+        self.mask_sigma = mask_sigma
+        self.percept_loss_weight = percept_loss_weight
+        self.nonfinite_loss = nonfinite_loss
+        self.sample_steps = sample_steps
+        self.guidance_scale = guidance_scale
+        self.negative_prompt = negative_prompt
+        self.num_skipped_batches = 0
+        self._freeze()
+
+    # ------------------------------------------------------------------ parts and freezing
+    @property
+    def unet(self) -> nn.Module:
+        return self.model.diffusion_model
+
+    @property
+    def pose_feature_network(self) -> nn.Module | None:
+        return self._pose_net[0] if self._pose_net else None
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """The adapter, plus the UNet decoder (``output_blocks`` and ``out``) when ``sd_locked`` is False."""
+        modules: list[nn.Module] = [self.control_model]
+        if not self.sd_locked:
+            modules += [self.unet.output_blocks, self.unet.out]
+        return modules
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        frozen = [self.first_stage_model, self.cond_stage_model]
+        if self.pose_feature_network is not None:
+            frozen.append(self.pose_feature_network)
+        if self.sd_locked:
+            frozen.append(self.unet)
+        else:
+            frozen += [self.unet.time_embed, self.unet.input_blocks, self.unet.middle_block]
+        return frozen
+
+    def _freeze(self) -> None:
+        """The one place that freezes: frozen parts get ``requires_grad_(False)`` and stay in eval mode."""
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+            module.eval()
+
+    def train(self, mode: bool = True) -> GRPoseModel:
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for m in self.trainable_modules() for p in m.parameters() if p.requires_grad)
+
+    # ------------------------------------------------------------------ conditioning
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP last hidden state (B, 77, context_dim)."""
+        return self.cond_stage_model(list(prompts))
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """VAE latent z0 = E(x)·scale_factor of images (B, 3, H, W) in [-1, 1]; a posterior sample as ldm."""
+        posterior = self.first_stage_model.encode(images)
+        z = posterior.sample() if sample else posterior.mode()
+        return z * self.scale_factor
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in about [-1, 1] from latents; differentiable (used by the perception loss)."""
+        return self.first_stage_model.decode(z / self.scale_factor)
+
+    def apply_model(
+        self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, hint: torch.Tensor
+    ) -> torch.Tensor:
+        """eps prediction of the frozen UNet steered by the adapter's 13 residuals (DESIGN.md section 3)."""
+        control = self.control_model(z_t, t, context, hint)
+        return self.unet(z_t, t, context, control=list(control))
+
+    @staticmethod
+    def batch_images(batch: dict[str, Any], key: str) -> torch.Tensor:
+        """(B, H, W, 3) channels-last arrays of the dataset -> (B, 3, H, W) contiguous float tensors."""
+        x = batch[key]
+        return x.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.contiguous_format)
+
+    # ------------------------------------------------------------------ losses
+    def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Per-sample loss terms of one training step (DESIGN.md section 3)."""
+        images = self.batch_images(batch, "jpg")  # (B, 3, H, W) in [-1, 1]
+        hint = self.batch_images(batch, "hint")  # (B, 3, H, W) in [-1, 1]
+        z0 = self.encode_images(images)  # (B, 4, H/8, W/8)
+        context = self.encode_text(batch["txt"])  # (B, 77, C)
+        masks = pose_masks(hint, kernel_sizes=self.gaussian_kernels, sigma=self.mask_sigma)  # (K, B, H/8, W/8)
+        mask = masks[-1].unsqueeze(1).to(z0.dtype)  # the finest kernel, as released: (B, 1, H/8, W/8)
+        t = torch.randint(0, self.num_timesteps, (z0.shape[0],), device=z0.device)
+        noise = torch.randn_like(z0)
+        z_t = q_sample(z0, t, noise, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+        eps = self.apply_model(z_t, t, context, hint)
+        weight = mask * self.alpha + (1.0 - mask)  # alpha inside the pose region, 1 outside
+        loss_simple = (weight * (eps.float() - noise.float()) ** 2).mean(dim=(1, 2, 3))  # (B,)
+        terms = {"loss_simple": loss_simple}
+        if self.percept_loss_weight > 0:
+            terms["loss_pose"] = self.pose_perception_loss(z_t, t, eps, images)
+        return terms
+
+    def pose_perception_loss(
+        self, z_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, images: torch.Tensor
+    ) -> torch.Tensor:
+        """w · ᾱ_t · ||F(D(x̂0)) − F(x)||² per sample (paper Sec. 3.3), differentiable w.r.t. the adapter.
+
+        x̂0 is predicted from eps, decoded by the frozen VAE and fed to the frozen pose network F; gradients
+        flow through both into eps (the released code detached this term, quirk Q1).
+        """
+        pose_net = self.pose_feature_network
+        pose_net.to(device=images.device)
+        x0 = predict_x0_from_eps(z_t, t, eps, self.sqrt_recip_alphas_cumprod, self.sqrt_recipm1_alphas_cumprod)
+        predicted = self.decode_latents(x0)  # (B, 3, H, W)
+        with torch.no_grad():
+            target = pose_net(images.float())
+        features = pose_net(predicted.float())  # (B, 1280, H/32, W/32)
+        per_sample = F.mse_loss(features.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return self.percept_loss_weight * self.alphas_cumprod[t] * per_sample
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        terms = self.compute_losses(batch)
+        loss = sum(terms.values()).mean()
+        if not torch.isfinite(loss):
+            return self._handle_nonfinite(loss, terms, batch)
+        bs = len(batch["txt"])
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.mean(), prog_bar=name == "loss_simple", batch_size=bs)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        return loss
+
+    def _handle_nonfinite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], batch: dict) -> None:
+        values = {k: v.detach().float().cpu().tolist() for k, v in terms.items()}
+        message = (
+            f"non-finite loss {loss.item()} at global step {self.global_step}: terms {values}; "
+            f"images {list(batch.get('img_path', []))}"
+        )
+        if self.nonfinite_loss == "raise":
+            raise NonFiniteLossError(message + " (set model.params.nonfinite_loss=skip to skip such batches)")
+        self.num_skipped_batches += 1
+        log.warning("skipping batch: %s", message)
+        return None
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for m in self.trainable_modules() for p in m.parameters()]
+        return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+
+    def on_fit_start(self) -> None:
+        rank_zero_info(
+            f"GRPose: {self.num_trainable_parameters() / 1e6:.2f} M trainable parameters "
+            f"(sd_locked={self.sd_locked}), learning rate {self.learning_rate:g}"
+        )
+
+    def on_train_epoch_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        skipped = getattr(getattr(datamodule, "train_dataset", None), "num_skipped", 0) if datamodule else 0
+        if skipped:
+            self.log("train/skipped_entries", float(skipped), rank_zero_only=True)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        hint: torch.Tensor,
+        prompts: Sequence[str],
+        noise: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str | None = None,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """DDIM with classifier-free guidance (text only: the same hint in both branches, reference §11).
+
+        hint (B, 3, H, W) in [-1, 1]; returns images (B, 3, H, W) in [-1, 1].
+        """
+        b, _, h, w = hint.shape
+        if noise is None:
+            noise = torch.randn((b, 4, h // 8, w // 8), generator=generator, device=hint.device)
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        context = self.encode_text(prompts)
+        uncond = None
+        if scale != 1.0:
+            neg = self.negative_prompt if negative_prompt is None else negative_prompt
+            uncond = self.encode_text([neg] * b)
+
+        def denoiser(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+            repeat = x.shape[0] // b  # 2 when cond and uncond run in one batch
+            return self.apply_model(x, t, ctx, hint.repeat(repeat, 1, 1, 1))
+
+        z = ddim_sample(
+            denoiser,
+            noise.to(hint.device),
+            context,
+            self.alphas_cumprod,
+            num_steps=num_steps or self.sample_steps,
+            eta=eta,
+            guidance_scale=scale,
+            uncond_context=uncond,
+            generator=generator,
+            progress=progress,
+        )
+        return self.decode_latents(z).clamp(-1, 1)

@@ -1,0 +1,248 @@
+"""Train GRPose (or the ControlNet baseline) from a YAML config on CPU, one GPU, or many GPUs and nodes.
+
+python train.py --config configs/grpose/humanart.yaml --control_ckpt models/init_grpose.ckpt --devices 8
+python train.py --config configs/grpose/tiny.yaml                    # CPU demo on synthetic data
+python train.py --config configs/grpose/tiny.yaml --resume experiments/grpose/tiny/checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from grpose.config import ConfigError, instantiate, load_config
+
+log = logging.getLogger("grpose.train")
+
+
+def str2bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "y"):
+        return True
+    if value.lower() in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", nargs="+", required=True, help="YAML file(s); later files override earlier ones")
+    p.add_argument("--control_ckpt", default=None, help="initial weights (prepare_weights.py output), loaded strictly")
+    p.add_argument("-r", "--resume", default=None, help="a last.ckpt (or any checkpoint of this run) to resume")
+    p.add_argument("-s", "--seed", type=int, default=None, help="global seed (default: trainer.seed of the config)")
+    p.add_argument("--max_epochs", type=int, default=None)
+    p.add_argument("--max_steps", type=int, default=None)
+    p.add_argument("--devices", default=None, help="number of devices per node, or 'auto'")
+    p.add_argument("--num_nodes", type=int, default=1)
+    p.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
+    p.add_argument("--strategy", default="auto", help="auto | ddp | ddp_find_unused_parameters_true | ...")
+    p.add_argument("--precision", default=None, help="default: bf16-mixed on GPUs that support it, else 32")
+    p.add_argument("--accumulate_grad_batches", type=int, default=1)
+    p.add_argument("--log_frequency", type=int, default=None, help="image-grid interval in steps")
+    p.add_argument("--scale_lr", type=str2bool, default=False, help="lr *= devices*nodes*batch*accumulation")
+    p.add_argument("--sd_locked", type=str2bool, default=None, help="false: also train the UNet decoder")
+    p.add_argument("--name", default=None, help="run name (default: the last config file's name)")
+    p.add_argument("--outdir", default="experiments", help="root of run directories")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.params.alpha=3")
+    return p
+
+
+def resolve_devices(args: argparse.Namespace) -> int | str:
+    if args.devices is None:
+        return 1
+    return "auto" if args.devices == "auto" else int(args.devices)
+
+
+def default_precision(accelerator: str) -> str:
+    import torch
+
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def run_directory(args: argparse.Namespace) -> Path:
+    """experiments/<config folder>/<run name>; a new run never reuses a directory (a time suffix is added).
+
+    Lightning's DDP launcher re-runs this script for ranks > 0: they inherit rank 0's choice through
+    ``GRPOSE_RUN_DIR``. Under an external launcher (torchrun, SLURM) every rank derives the same name, so no
+    suffix is added there: give each such run its own ``--name``.
+    """
+    if os.environ.get("GRPOSE_RUN_DIR"):
+        return Path(os.environ["GRPOSE_RUN_DIR"])
+    if args.resume:
+        ckpt = Path(args.resume)
+        return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    last_config = Path(args.config[-1])
+    name = args.name or last_config.stem
+    run_dir = Path(args.outdir) / last_config.parent.name / name
+    if run_dir.exists() and int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        run_dir = run_dir.with_name(f"{name}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    return run_dir
+
+
+def check_resume(resume: str, config: DictConfig) -> None:
+    """Fail before any training when --resume names a missing file or a checkpoint of another model config."""
+    import torch
+
+    path = Path(resume)
+    if not path.is_file():
+        raise SystemExit(f"--resume: checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # any unreadable file: report and stop before training
+        raise SystemExit(f"--resume: could not read {path} (truncated or corrupt?): {err}") from err
+    stored = None
+    for state in (ckpt.get("callbacks") or {}).values():
+        if isinstance(state, dict) and state.get("config_yaml"):
+            stored = OmegaConf.create(state["config_yaml"])
+    if stored is None:
+        raise SystemExit(f"--resume: {path} was not written by train.py (no stored config); cannot resume from it")
+    if OmegaConf.to_container(stored.model, resolve=True) != OmegaConf.to_container(config.model, resolve=True):
+        raise SystemExit(
+            f"--resume: {path} was trained with a different model config; resume with the config it was trained "
+            "with (stored inside the checkpoint and in the run's config.yaml)"
+        )
+
+
+def ensure_synthetic_data(config: DictConfig) -> None:
+    """Create the synthetic dataset a tiny config points at (``synthetic_data: {out, num, seed}``) if missing."""
+    spec = config.get("synthetic_data")
+    if not spec:
+        return
+    out = Path(spec.out)
+    if (out / "mapping_file_training.json").is_file():
+        return
+    from grpose.data.synthetic import make_synthetic_dataset
+
+    log.info("creating the synthetic dataset in %s", out)
+    make_synthetic_dataset(out, spec.num, seed=spec.get("seed", 0))
+
+
+def load_control_ckpt(model, path: str) -> None:
+    from grpose.checkpoint import CheckpointError, load_into, read_state_dict
+
+    try:
+        state_dict = read_state_dict(path, config_key="--control_ckpt", what="initial GRPose weights")
+        report = load_into(model, state_dict, strict=True, ignore=("mmpose_model.",), source=path)
+    except CheckpointError as err:
+        raise SystemExit(f"--control_ckpt {path}: {err}") from err
+    log.info("loaded %s: %s", path, report.summary())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(*args.config, overrides=args.overrides)
+    except ConfigError as err:
+        raise SystemExit(str(err)) from err
+    trainer_cfg = config.get("trainer", OmegaConf.create({}))
+    if args.sd_locked is not None:
+        config.model.params.sd_locked = args.sd_locked
+    if args.resume:
+        check_resume(args.resume, config)
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from grpose.callbacks import ImageLogger, ResumeState, SaveOnInterrupt
+
+    seed = args.seed if args.seed is not None else trainer_cfg.get("seed", 23)
+    pl.seed_everything(seed, workers=True)
+    ensure_synthetic_data(config)
+
+    accelerator = args.accelerator
+    devices = resolve_devices(args)
+    precision = args.precision or trainer_cfg.get("precision") or default_precision(accelerator)
+    if precision in ("bf16-mixed", "16-mixed") and default_precision(accelerator) == "32-true":
+        log.info("precision %s needs a GPU with bf16; using 32-true on this machine", precision)
+        precision = "32-true"
+    batch_size = config.data.params.get("batch_size", 1)
+    if args.scale_lr:
+        world = int(devices) * args.num_nodes if isinstance(devices, int) else 1
+        base_lr = config.model.params.learning_rate
+        config.model.params.learning_rate = base_lr * world * batch_size * args.accumulate_grad_batches
+        log.info(
+            "scale_lr: lr = %g = %g x %d devices x %d batch x %d accumulation",
+            config.model.params.learning_rate,
+            base_lr,
+            world,
+            batch_size,
+            args.accumulate_grad_batches,
+        )
+
+    run_dir = run_directory(args)
+    os.environ["GRPOSE_RUN_DIR"] = str(run_dir)
+    model = instantiate(config.model, "model")
+    if args.control_ckpt and not args.resume:
+        load_control_ckpt(model, args.control_ckpt)
+    datamodule = instantiate(config.data, "data")
+
+    ckpt_dir = run_dir / "checkpoints"
+    log_frequency = args.log_frequency or trainer_cfg.get("log_frequency", 300)
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="{epoch:04d}",
+            every_n_epochs=trainer_cfg.get("every_n_epochs", 4),
+            save_top_k=-1,
+            save_last=True,
+        ),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            every_n_train_steps=trainer_cfg.get("last_every_n_steps", 500),
+            save_top_k=0,
+            save_last=True,
+        ),
+        ImageLogger(
+            every_n_steps=log_frequency,
+            num_steps=trainer_cfg.get("image_sample_steps", 20),
+            out_dir=str(run_dir / "images"),
+        ),
+        ResumeState(OmegaConf.to_yaml(config, resolve=True)),
+        SaveOnInterrupt(str(ckpt_dir)),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    loggers = [CSVLogger(run_dir, name="logs", version="")]
+    try:
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+    except ModuleNotFoundError:
+        log.info("tensorboard not installed: logging to CSV only")
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
+        precision=precision,
+        max_epochs=args.max_epochs if args.max_epochs is not None else trainer_cfg.get("max_epochs", 40),
+        max_steps=args.max_steps if args.max_steps is not None else trainer_cfg.get("max_steps", -1),
+        accumulate_grad_batches=args.accumulate_grad_batches,
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=run_dir,
+        log_every_n_steps=trainer_cfg.get("log_every_n_steps", 10),
+        benchmark=trainer_cfg.get("cudnn_benchmark", True),
+        deterministic=trainer_cfg.get("deterministic", False),
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        enable_progress_bar=trainer_cfg.get("progress_bar", True),
+    )
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=args.resume)
+    if trainer.is_global_zero:
+        last = ckpt_dir / "last.ckpt"
+        print(f"run directory: {run_dir}\ncheckpoint:    {last}\nimage grids:   {run_dir / 'images'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
