@@ -242,6 +242,10 @@ class GRPoseModel(pl.LightningModule):
             f"(sd_locked={self.sd_locked}), learning rate {self.learning_rate:g}"
         )
 
+    def on_train_end(self) -> None:
+        checksum = sum(float(p.detach().double().sum()) for p in self.control_model.parameters())
+        log.info("rank %d: adapter checksum %.10e", self.global_rank, checksum)
+
     def on_train_epoch_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         skipped = getattr(getattr(datamodule, "train_dataset", None), "num_skipped", 0) if datamodule else 0

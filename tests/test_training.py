@@ -1,0 +1,195 @@
+"""Training on the tiny config: losses, gradient flow of the pose loss, resume, DDP, bad input (issue #4)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from grpose.checkpoint import read_state_dict, save_state_dict
+from grpose.config import instantiate, load_config
+from grpose.data.synthetic import make_synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs/grpose/tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(out, 16, seed=0)
+    return out
+
+
+def data_overrides(root: Path, limit: int = 6) -> list[str]:
+    """Point the tiny config at a test dataset: ``limit`` training samples, so 3 steps per epoch at batch 2."""
+    return [
+        f"data.params.train.params.mapping_file={root}/mapping_file_training.json",
+        f"data.params.train.params.base_dir={root}",
+        f"data.params.train.params.limit={limit}",
+        "data.params.num_workers=0",
+        "synthetic_data=null",
+        "trainer.progress_bar=false",
+        "trainer.log_frequency=0",
+    ]
+
+
+def tiny_model(*overrides: str):
+    config = load_config(TINY, overrides=list(overrides))
+    return instantiate(config.model, "model"), config
+
+
+def tiny_batch(synthetic: Path, n: int = 2) -> dict:
+    from grpose.data.pose_dataset import PoseDataset
+
+    ds = PoseDataset(synthetic / "mapping_file_training.json", synthetic, image_size=64, train=True)
+    samples = [ds[i] for i in range(n)]
+    batch = {k: [s[k] for s in samples] for k in samples[0]}
+    for key in ("jpg", "hint", "pose"):
+        batch[key] = torch.stack([torch.as_tensor(v) for v in batch[key]])
+    return batch
+
+
+def test_training_step_trains_only_the_adapter(synthetic):
+    model, _ = tiny_model()
+    model.train()
+    terms = model.compute_losses(tiny_batch(synthetic))
+    assert set(terms) == {"loss_simple"} and terms["loss_simple"].shape == (2,)
+    terms["loss_simple"].mean().backward()
+    adapter_grads = [p.grad for p in model.control_model.parameters() if p.grad is not None]
+    assert adapter_grads and any(g.abs().sum() > 0 for g in adapter_grads)
+    for part in (model.unet, model.first_stage_model, model.cond_stage_model):
+        assert all(not p.requires_grad and p.grad is None for p in part.parameters())
+        assert not part.training
+    assert model.num_trainable_parameters() == sum(p.numel() for p in model.control_model.parameters())
+
+
+def test_unlocked_sd_trains_the_decoder_too():
+    model, _ = tiny_model("model.params.sd_locked=false")
+    trainable = {id(p) for group in model.configure_optimizers().param_groups for p in group["params"]}
+    assert all(id(p) in trainable for p in model.unet.output_blocks.parameters())
+    assert not any(id(p) in trainable for p in model.unet.input_blocks.parameters())
+
+
+def test_pose_perception_loss_sends_gradient_to_the_adapter(synthetic):
+    model, _ = tiny_model(
+        "model.params.percept_loss_weight=0.5",
+        "+model.params.pose_feature_network={target: grpose.pose.features.PoseFeatureNetwork, "
+        "params: {checkpoint: null, allow_random_init: true, width_mult: 0.25}}",
+    )
+    model.train()
+    terms = model.compute_losses(tiny_batch(synthetic))
+    assert terms["loss_pose"].shape == (2,) and torch.isfinite(terms["loss_pose"]).all()
+    terms["loss_pose"].sum().backward()  # the pose term alone
+    grads = {n: p.grad for n, p in model.control_model.named_parameters() if p.grad is not None}
+    assert grads and sum(float(g.abs().sum()) for g in grads.values()) > 0
+    assert all(p.grad is None for p in model.pose_feature_network.parameters())
+    assert not any(k.startswith(("pose_feature_network", "mmpose_model")) for k in model.state_dict())
+
+
+def run_train(tmp_path: Path, synthetic: Path, *extra: str) -> int:
+    argv = ["--config", TINY, "--outdir", str(tmp_path / "exp"), "--accelerator", "cpu", "-s", "7", *extra]
+    argv += data_overrides(synthetic)
+    return train.main(argv)
+
+
+def adapter_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in read_state_dict(ckpt).items() if k.startswith("control_model.")}
+
+
+def test_resume_after_step_3_equals_uninterrupted_6_steps(tmp_path, synthetic):
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    run_train(tmp_path / "a", synthetic, "--max_steps", "6", "--name", "full")
+    full = adapter_weights(tmp_path / "a/exp/grpose/full/checkpoints/last.ckpt")
+    run_train(tmp_path / "b", synthetic, "--max_steps", "3", "--name", "part")
+    last = tmp_path / "b/exp/grpose/part/checkpoints/last.ckpt"
+    run_train(tmp_path / "b", synthetic, "--max_steps", "6", "--resume", str(last))
+    resumed = adapter_weights(last)
+    assert full.keys() == resumed.keys()
+    worst = max((full[k].float() - resumed[k].float()).abs().max().item() for k in full)
+    assert worst == 0.0, f"resumed adapter differs by {worst}"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 6
+    assert not any(k.startswith("pose_feature_network") for k in ckpt["state_dict"])
+    assert (tmp_path / "a/exp/grpose/full/config.yaml").is_file()
+
+
+def test_resume_with_missing_file_or_other_config_fails_early(tmp_path, synthetic):
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        run_train(tmp_path, synthetic, "--resume", str(tmp_path / "nope.ckpt"))
+    run_train(tmp_path, synthetic, "--max_steps", "1", "--name", "one")
+    last = tmp_path / "exp/grpose/one/checkpoints/last.ckpt"
+    with pytest.raises(SystemExit, match="different model config"):
+        run_train(tmp_path, synthetic, "--resume", str(last), "model.params.alpha=2.0")
+
+
+def test_control_ckpt_of_wrong_layout_lists_keys(tmp_path, synthetic):
+    model, _ = tiny_model()
+    state = model.state_dict()
+    state.pop(next(k for k in state if k.startswith("control_model.")))
+    state["control_model.bogus.weight"] = torch.zeros(1)
+    bad = save_state_dict(state, tmp_path / "bad.ckpt")
+    with pytest.raises(SystemExit, match=r"(?s)missing.*control_model.*unexpected.*control_model.bogus"):
+        run_train(tmp_path, synthetic, "--max_steps", "1", "--control_ckpt", str(bad))
+
+
+def test_nonfinite_loss_stops_with_step_terms_and_images(tmp_path, synthetic):
+    from grpose.model import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"(?s)step 0.*loss_simple.*images \[.*\.jpg"):
+        run_train(tmp_path, synthetic, "--max_steps", "2", "model.params.scale_factor=.nan")
+
+
+def test_nonfinite_loss_can_skip_batches(tmp_path, synthetic):
+    run_train(
+        tmp_path, synthetic, "--max_steps", "2", "--name", "skip",
+        "model.params.scale_factor=.nan", "model.params.nonfinite_loss=skip",
+    )  # fmt: skip
+    assert (tmp_path / "exp/grpose/skip/checkpoints/last.ckpt").is_file()
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("GRPOSE_RUN_DIR", None)
+    return env
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_agree_and_only_rank0_writes(tmp_path, synthetic):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", TINY, "--outdir", str(tmp_path / "exp"),
+           "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--max_steps", "2", "--name", "ddp",
+           *data_overrides(synthetic)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sums = sorted(line.split("adapter checksum")[1].strip() for line in proc.stderr.splitlines() if "checksum" in line)
+    assert len(sums) == 2 and sums[0] == sums[1], sums
+    runs = list((tmp_path / "exp/grpose").iterdir())
+    assert [r.name for r in runs] == ["ddp"], runs
+    assert (runs[0] / "checkpoints/last.ckpt").is_file()
+    assert not list(tmp_path.glob("lightning_logs"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_resumable_last_ckpt(tmp_path, synthetic):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", TINY, "--outdir", str(tmp_path / "exp"),
+           "--accelerator", "cpu", "--max_steps", "100000", "--name", "int", *data_overrides(synthetic)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (tmp_path / "exp/grpose/int/config.yaml").is_file():
+        time.sleep(0.5)
+    time.sleep(8.0)  # a few training steps
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    last = tmp_path / "exp/grpose/int/checkpoints/last.ckpt"
+    assert last.is_file(), proc.stdout.read().decode()[-3000:]
+    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert step >= 0
+    run_train(tmp_path, synthetic, "--resume", str(last), "--max_steps", str(step + 1))
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == step + 1
