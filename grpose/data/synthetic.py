@@ -1,0 +1,214 @@
+"""Synthetic pose dataset in the exact Human-Art/HumanSD on-disk format (procedural people; tests and demos)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SCENES = ("cartoon", "oil_painting", "dance")
+_STYLE = {
+    "cartoon": "a cartoon drawing",
+    "oil_painting": "an oil painting",
+    "dance": "a photo",
+    "sculpture": "a sculpture",
+    "watercolor": "a watercolor",
+}
+_ACTIVITIES = ("dancing", "standing", "walking", "jumping", "posing", "stretching", "waving", "running")
+_COUNT_WORDS = {1: "one person", 2: "two people", 3: "three people"}
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A textured RGB background: colour gradient, low- and high-frequency noise, a few random shapes."""
+    c0, c1 = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
+    t = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
+    if rng.random() < 0.5:
+        t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    image = np.broadcast_to(c0 * (1 - t) + c1 * t, (height, width, 3)).astype(np.float32)
+    coarse = rng.normal(0, 25, (max(2, height // 16), max(2, width // 16), 3)).astype(np.float32)
+    image = image + cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    image = image + rng.normal(0, 8, (height, width, 3)).astype(np.float32)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(2, 6))):
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        w, h = int(rng.integers(4, max(5, width // 3))), int(rng.integers(4, max(5, height // 3)))
+        if rng.random() < 0.5:
+            cv2.rectangle(image, (x0, y0), (x0 + w, y0 + h), color, -1)
+        else:
+            cv2.ellipse(image, (x0, y0), (w // 2 + 1, h // 2 + 1), float(rng.uniform(0, 180)), 0, 360, color, -1)
+    return image
+
+
+def _unit(angle: float) -> np.ndarray:
+    """Unit vector at ``angle`` radians from straight down (image y grows downwards)."""
+    return np.array([math.sin(angle), math.cos(angle)])
+
+
+def _random_person(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """COCO-17 (x, y) joint positions of a procedurally posed person (may extend out of frame)."""
+    body = float(rng.uniform(0.45, 1.1)) * height  # standing height in pixels
+    hip = np.array([rng.uniform(0.1, 0.9) * width, rng.uniform(0.45, 0.8) * height])
+    lean = float(rng.normal(0, 0.2))
+    up = -_unit(lean)  # torso direction (towards the head)
+    side = np.array([-up[1], up[0]])  # image-right for a person facing the viewer (their left side)
+    facing = 1.0 if rng.random() < 0.8 else -1.0  # -1: seen from the back (left/right swap in the image)
+    neck = hip + up * 0.3 * body
+    xy = np.zeros((17, 2))
+    head = neck + up * 0.12 * body + side * rng.normal(0, 0.02) * body
+    xy[0] = head  # nose
+    for j, s in ((1, 1), (2, -1)):  # eyes
+        xy[j] = head + up * 0.025 * body + side * facing * s * 0.025 * body
+    for j, s in ((3, 1), (4, -1)):  # ears
+        xy[j] = head + up * 0.01 * body + side * facing * s * 0.05 * body
+    shoulder_w, hip_w = 0.12 * body, 0.08 * body
+    for j, s in ((5, 1), (6, -1)):  # shoulders, elbows, wrists
+        xy[j] = neck + side * facing * s * shoulder_w
+        upper = lean + s * facing * float(rng.uniform(-0.3, 2.8))
+        lower = upper + s * facing * float(rng.uniform(-0.2, 2.0))
+        xy[j + 2] = xy[j] + _unit(upper) * 0.17 * body
+        xy[j + 4] = xy[j + 2] + _unit(lower) * 0.15 * body
+    for j, s in ((11, 1), (12, -1)):  # hips, knees, ankles
+        xy[j] = hip + side * facing * s * hip_w
+        thigh = lean + s * facing * float(rng.uniform(-0.2, 0.9))
+        shin = thigh - s * facing * float(rng.uniform(-0.1, 1.2))
+        xy[j + 2] = xy[j] + _unit(thigh) * 0.24 * body
+        xy[j + 4] = xy[j + 2] + _unit(shin) * 0.23 * body
+    return xy
+
+
+def _draw_person(image: np.ndarray, xy: np.ndarray, rng: np.random.Generator, body_height: float) -> None:
+    """Draw a person as thick coloured capsules (limbs), a filled torso quad and a head disc."""
+    skin = tuple(int(c) for c in rng.integers(90, 256, 3))
+    shirt = tuple(int(c) for c in rng.integers(0, 256, 3))
+    trousers = tuple(int(c) for c in rng.integers(0, 256, 3))
+    scale = max(body_height, 8.0)
+    limb_w = max(2, int(scale * 0.05))
+
+    def capsule(a: int, b: int, color: tuple[int, ...], width: int) -> None:
+        pa = tuple(int(round(v)) for v in xy[a])
+        pb = tuple(int(round(v)) for v in xy[b])
+        cv2.line(image, pa, pb, color, width, cv2.LINE_AA)
+        cv2.circle(image, pa, width // 2, color, -1, cv2.LINE_AA)
+        cv2.circle(image, pb, width // 2, color, -1, cv2.LINE_AA)
+
+    torso = np.round(xy[[5, 6, 12, 11]]).astype(np.int32)
+    cv2.fillConvexPoly(image, torso, shirt, cv2.LINE_AA)
+    for a, b in ((11, 13), (13, 15), (12, 14), (14, 16)):
+        capsule(a, b, trousers, limb_w + 1)
+    for a, b in ((5, 7), (6, 8)):
+        capsule(a, b, shirt, limb_w)
+    for a, b in ((7, 9), (8, 10)):
+        capsule(a, b, skin, limb_w)
+    head = tuple(int(round(v)) for v in xy[0])
+    cv2.circle(image, head, max(2, int(scale * 0.065)), skin, -1, cv2.LINE_AA)
+    for j in (1, 2):
+        cv2.circle(image, tuple(int(round(v)) for v in xy[j]), max(1, limb_w // 3), (20, 20, 20), -1)
+
+
+def _annotate(rng: np.random.Generator, xy: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(17, 3) keypoints: visible joints get a score in [0.3, 1]; some are unannotated (0, 0, 0) or low-score."""
+    keypoints = np.zeros((17, 3), np.float32)
+    keypoints[:, :2] = xy
+    keypoints[:, 2] = rng.uniform(0.3, 1.0, 17)
+    unannotated = rng.random(17) < 0.08
+    low = rng.random(17) < 0.04
+    keypoints[low, 2] = 0.01
+    outside = (xy[:, 0] < 0) | (xy[:, 0] >= width) | (xy[:, 1] < 0) | (xy[:, 1] >= height)
+    # most out-of-frame joints are unannotated as in Human-Art; a few keep their coordinates to test filtering
+    unannotated |= outside & (rng.random(17) < 0.7)
+    keypoints[unannotated] = 0.0
+    return keypoints
+
+
+def _prompt(rng: np.random.Generator, scene: str, num_people: int) -> str:
+    style = _STYLE.get(scene, f"a {scene.replace('_', ' ')} image")
+    activity = _ACTIVITIES[int(rng.integers(len(_ACTIVITIES)))]
+    return f"{style} of {_COUNT_WORDS.get(num_people, f'{num_people} people')} {activity}"
+
+
+def make_synthetic_dataset(
+    out_dir: str | Path,
+    num_images: int,
+    seed: int = 0,
+    image_size: tuple[int, int] = (96, 128),
+    val_fraction: float = 0.25,
+    scenes: tuple[str, ...] = SCENES,
+) -> dict[str, Any]:
+    """Write ``num_images`` synthetic samples in the HumanSD format under ``out_dir`` (issue #3, item 5).
+
+    Files: ``images/<scene>/<name>.jpg``, ``pose/<scene>/<name>.npz`` (``arr_0`` = object array of person dicts
+    with ``keypoints`` (17, 3) and ``bbox``), ``mapping_file_training.json`` and ``mapping_file_validation.json``
+    (``{id: {img_path, prompt, pose_path}}``, paths relative to ``out_dir``). Each image has 1-3 people; image
+    sizes vary around ``image_size`` = (height, width) (width about 80-160 px for the default). Deterministic for
+    a seed. Returns a summary dict (paths, split sizes, people count).
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    base_h, base_w = image_size
+    num_val = int(round(num_images * val_fraction))
+    if num_images >= 2 and val_fraction > 0:
+        num_val = min(max(num_val, 1), num_images - 1)
+    val_index = set(rng.permutation(num_images)[:num_val].tolist())
+    training: dict[str, dict[str, str]] = {}
+    validation: dict[str, dict[str, str]] = {}
+    total_people = 0
+    for i in range(num_images):
+        scene = scenes[i % len(scenes)]
+        name = f"{i:06d}"
+        height = int(round(base_h * rng.uniform(0.85, 1.2)))
+        width = int(round(base_w * rng.uniform(0.65, 1.25)))
+        image = _background(rng, height, width)
+        num_people = int(rng.integers(1, 4))
+        people = []
+        for _ in range(num_people):
+            xy = _random_person(rng, height, width)
+            _draw_person(image, xy, rng, float(np.ptp(xy[:, 1])))
+            keypoints = _annotate(rng, xy, height, width)
+            present = keypoints[:, 2] > 0
+            lo = keypoints[present, :2].min(axis=0) if present.any() else np.zeros(2)
+            hi = keypoints[present, :2].max(axis=0) if present.any() else np.zeros(2)
+            people.append({"keypoints": keypoints, "bbox": np.array([*lo, *(hi - lo)], np.float32)})
+        total_people += num_people
+        img_rel = f"images/{scene}/{name}.jpg"
+        pose_rel = f"pose/{scene}/{name}.npz"
+        (out / img_rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / pose_rel).parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(out / img_rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92]):
+            raise OSError(f"could not write {out / img_rel}")
+        np.savez(out / pose_rel, arr_0=np.array(people, dtype=object))
+        entry = {"img_path": img_rel, "prompt": _prompt(rng, scene, num_people), "pose_path": pose_rel}
+        (validation if i in val_index else training)[f"{scene}_{name}"] = entry
+    paths = {}
+    for split, mapping in (("training", training), ("validation", validation)):
+        paths[split] = out / f"mapping_file_{split}.json"
+        with open(paths[split], "w", encoding="utf-8") as fh:
+            json.dump(mapping, fh, indent=1)
+    log.info("synthetic dataset: %d training + %d validation images in %s", len(training), len(validation), out)
+    return {
+        "out_dir": str(out),
+        "mapping_training": str(paths["training"]),
+        "mapping_validation": str(paths["validation"]),
+        "num_training": len(training),
+        "num_validation": len(validation),
+        "num_people": total_people,
+    }
+
+
+def ensure_synthetic_dataset(out_dir: str | Path, num_images: int, seed: int = 0) -> Path:
+    """Create the synthetic dataset in ``out_dir`` unless both mapping files already exist; returns ``out_dir``."""
+    out = Path(out_dir)
+    if not ((out / "mapping_file_training.json").is_file() and (out / "mapping_file_validation.json").is_file()):
+        make_synthetic_dataset(out, num_images, seed=seed)
+    return out
