@@ -1,0 +1,189 @@
+"""Benchmark the GCN block (DESIGN.md section 6 memory note): ours vs a straightforward gather-based EdgeConv.
+
+Usage: python scripts/benchmark_graph.py [--channels 320 --size 64 --batch 2 --k 9 --device cpu --out FILE]
+
+Peak memory is the peak of the bytes allocated *during* one forward+backward on top of what existed before
+(inputs and parameters excluded). On CUDA it is ``torch.cuda.max_memory_allocated`` minus the allocation at
+the start. On CPU there is no allocator high-water mark, so the op runs once under ``torch.profiler`` with
+``profile_memory=True``: the profiler records every CPU allocator allocation (+bytes) and free (-bytes) with a
+timestamp; the peak is the maximum of the running sum of those events in time order. Times are the median
+of ``repeats`` runs without the profiler, after ``warmup`` runs, the implementations interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grpose.graph.convs import naive_edge_conv
+from grpose.graph.gcn import GCN
+from grpose.graph.knn import dense_knn
+
+
+def naive_knn(y: torch.Tensor, k: int) -> torch.Tensor:
+    """ViG-style kNN: the full (B, N, N) distance matrix at once, float topk (no chunking, no tie-break)."""
+    with torch.no_grad():
+        f = F.normalize(y.detach(), dim=1).transpose(1, 2)  # (B, N, C)
+        sq = f.pow(2).sum(-1, keepdim=True)  # (B, N, 1)
+        dist = sq - 2 * f @ f.transpose(1, 2) + sq.transpose(1, 2)  # (B, N, N)
+        return dist.topk(k, dim=-1, largest=False).indices  # (B, N, k)
+
+
+class NaiveGCN(nn.Module):
+    """The straightforward GCN: shares the parameters of ``gcn`` but materialises the (B, 2C, N, k) edges."""
+
+    def __init__(self, gcn: GCN, chunked_knn: bool = False) -> None:
+        super().__init__()
+        self.gcn, self.chunked_knn = gcn, chunked_knn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        y = self.gcn.conv1(x).reshape(batch, channels, height * width)  # (B, C, N)
+        k = self.gcn.graph_conv.kernel_size
+        idx = dense_knn(y, k) if self.chunked_knn else naive_knn(y, k)
+        out = naive_edge_conv(self.gcn.graph_conv.gconv.nn[0], y, idx)  # (B, C, N)
+        return out.reshape(batch, channels, height, width) + x
+
+
+def _step(module: nn.Module, x: torch.Tensor) -> None:
+    module.zero_grad(set_to_none=True)
+    out = module(x)
+    out.square().mean().backward()
+    del out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
+    """Peak extra bytes allocated while ``fn`` runs (see the module docstring for the method)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    running, peak = 0, 0
+    for event in events:
+        running += event.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+def _time(fn: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def benchmark_gcn(
+    channels: int = 320,
+    size: int = 64,
+    batch: int = 2,
+    k: int = 9,
+    device: str | torch.device = "cpu",
+    repeats: int = 3,
+    warmup: int = 1,
+    conv: str = "edge",
+    chunk_size: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Forward+backward time (s) and peak memory (bytes) of our GCN vs the straightforward gather version.
+
+    Returns a dict with the setting, per-implementation ``{time_s, peak_bytes}`` for ``ours``, ``naive``
+    (full N x N distance matrix + gathered (B, 2C, N, k) edges, as in ViG/the release) and
+    ``naive_chunked_knn`` (same edges, our chunked kNN), and the ratios ours/naive.
+    """
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    gcn = GCN(channels, kernel_size=k, conv=conv, chunk_size=chunk_size).to(device)
+    x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
+    impls: dict[str, nn.Module] = {"ours": gcn}
+    if conv == "edge":
+        impls["naive"] = NaiveGCN(gcn)
+        impls["naive_chunked_knn"] = NaiveGCN(gcn, chunked_knn=True)
+    results: dict = {
+        "setting": {"channels": channels, "size": size, "batch": batch, "k": k, "conv": conv, "device": str(device)},
+        "threads": torch.get_num_threads(),
+    }
+    if conv == "edge":  # the two must agree before their cost is compared
+        with torch.no_grad():
+            gcn.eval()
+            diff = (impls["ours"](x) - impls["naive_chunked_knn"](x)).abs().max().item()
+            gcn.train()
+        results["max_abs_diff_vs_naive"] = diff
+    runs: dict[str, Callable[[], None]] = {}
+    for name, module in impls.items():
+
+        def run(module: nn.Module = module) -> None:
+            _step(module, x)
+            x.grad = None
+
+        runs[name] = run
+        run()  # warm caches before measuring memory
+        peak = _peak_bytes(run, device)
+        results[name] = {"peak_bytes": peak, "peak_mib": peak / 2**20}
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):  # interleaved, so background load hits every implementation alike
+        for name, run in runs.items():
+            times[name].append(_time(run, device))
+    for name, values in times.items():
+        results[name].update(time_s=statistics.median(values), time_min_s=min(values), times_s=values)
+    if "naive" in results:
+        results["peak_ratio_ours_over_naive"] = results["ours"]["peak_bytes"] / results["naive"]["peak_bytes"]
+        results["time_ratio_ours_over_naive"] = results["ours"]["time_s"] / results["naive"]["time_s"]
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=320)
+    parser.add_argument("--size", type=int, default=64, help="feature map height = width")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--k", type=int, default=9)
+    parser.add_argument("--conv", default="edge", choices=["edge", "mr", "sage", "gin"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--chunk_size", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    result = benchmark_gcn(
+        args.channels, args.size, args.batch, args.k, args.device, args.repeats, args.warmup, args.conv, args.chunk_size
+    )
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
