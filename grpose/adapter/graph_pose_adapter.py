@@ -1,0 +1,139 @@
+"""Graph Pose Adapter: trainable UNet-encoder copy with PGI blocks fed by the pose encoder (DESIGN.md section 6)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from grpose.adapter.controlnet import ControlEncoder
+from grpose.adapter.pgi import PGI
+from grpose.adapter.pose_encoder import PoseEncoder
+from grpose.diffusion.blocks import ContextBlock, TimestepBlock
+
+
+def first_resblock_indices(num_res_blocks: int, num_levels: int) -> dict[int, int]:
+    """{input block index: level} of the first ResBlock of every level (block 0 is the input conv)."""
+    out, index = {}, 1
+    for level in range(num_levels):
+        out[index] = level
+        index += num_res_blocks + (level != num_levels - 1)  # ResBlocks, then a Downsample except at the end
+    return out
+
+
+def run_block(
+    block: nn.Sequential, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None, pose: torch.Tensor | None
+) -> torch.Tensor:
+    """Apply an input block's layers; a PGI also gets the pose feature of its level."""
+    for layer in block:
+        if isinstance(layer, PGI):
+            h = layer(h, emb, pose)
+        elif isinstance(layer, TimestepBlock):
+            h = layer(h, emb)
+        elif isinstance(layer, ContextBlock):
+            h = layer(h, context)
+        else:
+            h = layer(h)
+    return h
+
+
+class GraphPoseAdapter(ControlEncoder):
+    """GRPose's Graph Pose Adapter (GRPose Sec. 3; reference section 5): 13 residuals for the frozen UNet.
+
+    The ResBlock at each input block in ``inject_layers`` (any subset of the first-ResBlock-of-a-level indices,
+    [1, 4, 7, 10] for SD1.5) becomes a PGI that also receives the pose feature of its level; ``inject_channels``
+    gives the pose-encoder width per level. Unlike ControlNet nothing is added at the input; the hint is the
+    rendered skeleton in [-1, 1] at image resolution (8x the latent).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 4,
+        model_channels: int = 320,
+        hint_channels: int = 3,
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (4, 2, 1),
+        channel_mult: Sequence[int] = (1, 2, 4, 4),
+        num_heads: int = 8,
+        num_head_channels: int = -1,
+        context_dim: int | None = 768,
+        transformer_depth: int = 1,
+        dropout: float = 0.0,
+        use_checkpoint: bool = False,
+        use_linear_in_transformer: bool = False,
+        inject_layers: Sequence[int] = (1, 4, 7, 10),
+        inject_channels: Sequence[int] = (192, 256, 384, 512),
+        graph_conv: str = "edge",
+        k: int = 9,
+        dilation: int = 1,
+        knn_chunk_size: int | None = None,
+    ) -> None:
+        candidates = first_resblock_indices(num_res_blocks, len(channel_mult))
+        inject_layers = [int(i) for i in inject_layers]
+        bad = [i for i in inject_layers if i not in candidates]
+        if bad or len(set(inject_layers)) != len(inject_layers):
+            raise ValueError(
+                f"inject_layers={inject_layers}: each entry must be the input-block index of the first ResBlock of a "
+                f"level, at most once; with num_res_blocks={num_res_blocks} and {len(channel_mult)} levels the "
+                f"choices are {sorted(candidates)} (offending: {bad or 'duplicates'})"
+            )
+        if len(inject_channels) != len(channel_mult):
+            raise ValueError(
+                f"inject_channels={list(inject_channels)} must give one pose-feature width per level "
+                f"({len(channel_mult)} levels for channel_mult={list(channel_mult)})"
+            )
+        level_of_block = {i: candidates[i] for i in sorted(inject_layers)}
+        time_embed_dim = model_channels * 4
+
+        def make_pgi(block_index: int, level: int, nr: int, in_ch: int, out_ch: int) -> nn.Module | None:
+            if block_index not in level_of_block:
+                return None
+            return PGI(
+                in_ch,
+                time_embed_dim,
+                inject_channels[level],
+                out_channels=out_ch,
+                dropout=dropout,
+                use_checkpoint=use_checkpoint,
+                graph_conv=graph_conv,
+                k=k,
+                dilation=dilation,
+                knn_chunk_size=knn_chunk_size,
+            )
+
+        super().__init__(
+            in_channels,
+            model_channels,
+            num_res_blocks,
+            attention_resolutions,
+            channel_mult,
+            num_heads,
+            num_head_channels,
+            context_dim,
+            transformer_depth,
+            dropout,
+            use_checkpoint,
+            use_linear_in_transformer,
+            resblock_factory=make_pgi,
+        )
+        self.inject_layers = sorted(inject_layers)
+        self.level_of_block = level_of_block
+        levels = sorted(level_of_block.values())
+        self.pose_encoder = PoseEncoder(hint_channels, inject_channels, levels=levels) if levels else None
+
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None, hint: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """x (B, 4, h, w), timesteps (B,), context (B, L, D), hint (B, 3, 8h, 8w) in [-1, 1] -> 13 residuals."""
+        emb = self.embed_time(timesteps, x.shape[0])
+        pose_features = self.pose_encoder(hint) if self.pose_encoder is not None else []
+        outs = []
+        h = x
+        for i, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
+            level = self.level_of_block.get(i)
+            h = run_block(block, h, emb, context, None if level is None else pose_features[level])
+            outs.append(zero_conv(h))
+        h = self.middle_block(h, emb, context)
+        outs.append(self.middle_block_out(h))
+        return outs
