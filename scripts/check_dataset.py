@@ -29,10 +29,8 @@ def check_image(path: Path) -> tuple[str, str] | None:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         return "corrupt image", f"empty file {path}"
-    if cv2.imdecode(data, cv2.IMREAD_COLOR) is None:
-        return "corrupt image", f"cannot decode {path}"
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-16:].tobytes():
-        return "corrupt image", f"truncated JPEG (no end-of-image marker) {path}"
+    if cv2.imdecode(data, cv2.IMREAD_COLOR) is None:  # also rejects truncated JPEGs, like PoseDataset
+        return "corrupt image", f"cannot decode (corrupt or truncated) {path}"
     return None
 
 

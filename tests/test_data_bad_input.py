@@ -19,6 +19,10 @@ def _break(root: Path, entry: dict, kind: str) -> str:
     if kind == "corrupt image":
         (root / entry["img_path"]).write_bytes(b"not a jpeg at all")
         return entry["img_path"]
+    if kind == "truncated image":
+        data = (root / entry["img_path"]).read_bytes()
+        (root / entry["img_path"]).write_bytes(data[: len(data) // 2])
+        return entry["img_path"]
     if kind == "missing pose":
         (root / entry["pose_path"]).unlink()
         return entry["pose_path"]

@@ -62,9 +62,14 @@ def read_image(entry_id: str, path: Path) -> np.ndarray:
     """Decode an image file to uint8 (H, W, 3) BGR, or raise a DatasetEntryError naming the path."""
     if not path.is_file():
         raise DatasetEntryError(entry_id, f"image file not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise DatasetEntryError(entry_id, f"cannot read image file {path}: {err}") from err
+    # imdecode gives the same pixels as imread but rejects truncated JPEGs (imread pads them with grey)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None or image.size == 0:
-        raise DatasetEntryError(entry_id, f"cannot decode image file (corrupt or not an image): {path}")
+        raise DatasetEntryError(entry_id, f"cannot decode image file (corrupt, truncated or not an image): {path}")
     return image
 
 

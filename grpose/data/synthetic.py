@@ -134,6 +134,25 @@ def _prompt(rng: np.random.Generator, scene: str, num_people: int) -> str:
     return f"{style} of {_COUNT_WORDS.get(num_people, f'{num_people} people')} {activity}"
 
 
+def draw_synthetic_image(
+    rng: np.random.Generator, height: int, width: int, num_people: int | None = None
+) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+    """One RGB uint8 (height, width, 3) image with 1-3 (or ``num_people``) drawn people and their person dicts."""
+    image = _background(rng, height, width)
+    if num_people is None:
+        num_people = int(rng.integers(1, 4))
+    people = []
+    for _ in range(num_people):
+        xy = _random_person(rng, height, width)
+        _draw_person(image, xy, rng, float(np.ptp(xy[:, 1])))
+        keypoints = _annotate(rng, xy, height, width)
+        present = keypoints[:, 2] > 0
+        lo = keypoints[present, :2].min(axis=0) if present.any() else np.zeros(2)
+        hi = keypoints[present, :2].max(axis=0) if present.any() else np.zeros(2)
+        people.append({"keypoints": keypoints, "bbox": np.array([*lo, *(hi - lo)], np.float32)})
+    return image, people
+
+
 def make_synthetic_dataset(
     out_dir: str | Path,
     num_images: int,
@@ -169,17 +188,8 @@ def make_synthetic_dataset(
         name = f"{i:06d}"
         height = int(round(base_h * rng.uniform(0.85, 1.2)))
         width = int(round(base_w * rng.uniform(0.65, 1.25)))
-        image = _background(rng, height, width)
-        num_people = int(rng.integers(1, 4))
-        people = []
-        for _ in range(num_people):
-            xy = _random_person(rng, height, width)
-            _draw_person(image, xy, rng, float(np.ptp(xy[:, 1])))
-            keypoints = _annotate(rng, xy, height, width)
-            present = keypoints[:, 2] > 0
-            lo = keypoints[present, :2].min(axis=0) if present.any() else np.zeros(2)
-            hi = keypoints[present, :2].max(axis=0) if present.any() else np.zeros(2)
-            people.append({"keypoints": keypoints, "bbox": np.array([*lo, *(hi - lo)], np.float32)})
+        image, people = draw_synthetic_image(rng, height, width)
+        num_people = len(people)
         total_people += num_people
         img_rel = f"images/{scene}/{name}.jpg"
         pose_rel = f"pose/{scene}/{name}.npz"

@@ -127,6 +127,8 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
     """Map a uint8 image to float32 in [-1, 1] exactly as ``image / 255 * 2 - 1`` (table lookup, fast)."""
     if image.dtype != np.uint8:
         raise ValueError(f"to_unit_range expects a uint8 image, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return cv2.LUT(image, UINT8_TO_UNIT)  # same values as np.take, about twice as fast
     return np.take(UINT8_TO_UNIT, image)
 
 
