@@ -102,12 +102,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     reals: dict[str, list[Path]] = defaultdict(list)
     prompts: dict[tuple[str, str], str] = {}
+    scenes = {s for s, _ in panels}
+    unreadable: list[str] = []
     for entry in mapping.values():
         img_path = entry["img_path"]
         key = (scene_of(img_path), Path(img_path).stem)
         prompts[key] = entry.get("prompt", "")
-        if key[0] in {s for s, _ in panels} and (not args.matched_only or key in panels):
-            reals[key[0]].append(base / img_path)
+        if key[0] in scenes and (not args.matched_only or key in panels):
+            if (base / img_path).is_file():
+                reals[key[0]].append(base / img_path)
+            else:
+                unreadable.append(str(base / img_path))
+    if unreadable:
+        print(f"warning: {len(unreadable)} real images missing, e.g. {unreadable[:3]}", file=sys.stderr)
     missing = [k for k in panels if k not in prompts]
     if missing:
         print(f"warning: {len(missing)} panels have no mapping entry, e.g. {missing[:3]}", file=sys.stderr)

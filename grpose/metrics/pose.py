@@ -6,7 +6,6 @@ import contextlib
 import copy
 import io
 import logging
-import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -14,14 +13,28 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from grpose.metrics.similarity import COCO_SIGMAS, NUM_JOINTS, SimilarityCOCOeval, weighted_cosine_similarity
+
 logger = logging.getLogger(__name__)
 
-#: COCO-17 per-keypoint OKS sigmas (metrics.md "AP / AR").
-COCO_SIGMAS = np.array(
-    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
-)
-COCO_SIGMAS = COCO_SIGMAS / 10.0
-NUM_JOINTS = 17
+__all__ = [
+    "COCO_SIGMAS",
+    "NUM_JOINTS",
+    "PROTOCOLS",
+    "STAT_KEYS",
+    "SimilarityCOCOeval",
+    "count_gt_people",
+    "dt_annotations",
+    "evaluate_cap",
+    "evaluate_keypoint_ap",
+    "evaluate_pose_alignment",
+    "gt_annotations",
+    "gt_person_mask",
+    "pce",
+    "per_scene",
+    "weighted_cosine_similarity",
+]
+
 PROTOCOLS = ("corrected", "released")
 #: Names of COCOeval ``stats[0..9]`` for keypoints (AP, AP50, AP75, AP medium, AP large, then the same for AR).
 STAT_KEYS = ("ap", "ap50", "ap75", "ap_m", "ap_l", "ar", "ar50", "ar75", "ar_m", "ar_l")
@@ -173,83 +186,6 @@ def _coco(dataset: dict[str, Any]) -> COCO:
 def _coco_pair(gt: dict[str, Any], dts: list[dict[str, Any]]) -> tuple[COCO, COCO]:
     res = {"images": gt["images"], "categories": gt["categories"], "annotations": dts}
     return _coco(gt), _coco(res)
-
-
-def weighted_cosine_similarity(gt_kpts: np.ndarray, dt_kpts: np.ndarray, slip: bool, nan_policy: str) -> float:
-    """CAP similarity of one (detection, GT person) pair (metrics.md "CAP"; Q16).
-
-    Joints with GT visibility > 0 are kept; x and y are divided by the COCO sigmas, min-max normalised and
-    L2-normalised per vector; the result is the cosine of [x_g; y_g] and [x_d; y_d].
-    ``slip=True`` reproduces the released slip y_d := x_d / ||y_d|| (detected y only enters through its norm).
-    ``nan_policy='released'``: a zero-range vector (one visible joint, or all x or all y equal) gives 0/0 = NaN as
-    in the release (COCOeval then counts NaN as a match because ``NaN < thr`` is False).
-    ``nan_policy='corrected'``: a zero-range vector normalises to the zero vector (it carries no shape), an all-zero
-    vector stays zero under L2 normalisation, and the cosine is 0 when either concatenated vector is all zero.
-    A GT person without visible joints scores 0 under both policies (the release would crash on it).
-    """
-    g, d = np.asarray(gt_kpts, dtype=np.float64), np.asarray(dt_kpts, dtype=np.float64)
-    vis = g[:, 2] > 0
-    if not vis.any():
-        return 0.0
-    sig = COCO_SIGMAS[vis]
-    xg, yg, xd, yd = g[vis, 0] / sig, g[vis, 1] / sig, d[vis, 0] / sig, d[vis, 1] / sig
-    released = nan_policy == "released"
-
-    def minmax(v: np.ndarray) -> np.ndarray:
-        rng = v.max() - v.min()
-        if rng == 0 and not released:
-            return np.zeros_like(v)
-        return (v - v.min()) / rng
-
-    def unit(v: np.ndarray) -> np.ndarray:
-        norm = math.sqrt(float((v**2).sum()))
-        if norm == 0 and not released:
-            return v
-        return v / norm
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xg, yg, xd, yd = minmax(xg), minmax(yg), minmax(xd), minmax(yd)
-        xg, yg, xd_u = unit(xg), unit(yg), unit(xd)
-        if slip:
-            yd_norm = math.sqrt(float((yd**2).sum()))
-            yd = xd_u / yd_norm if (yd_norm != 0 or released) else np.zeros_like(xd_u)
-        else:
-            yd = unit(yd)
-        gv, dv = np.concatenate([xg, yg]), np.concatenate([xd_u, yd])
-        denom = float(np.linalg.norm(gv) * np.linalg.norm(dv))
-        if denom == 0 and not released:
-            return 0.0
-        return float(np.dot(gv, dv) / denom)
-
-
-class SimilarityCOCOeval(COCOeval):
-    """Keypoint COCOeval whose OKS matrix is replaced by the CAP similarity (metrics.md "CAP"; Q16).
-
-    Matching, thresholds (.50:.05:.95), area ranges and accumulation are pycocotools'. The release's similarity
-    evaluator uses -1 as the "unmatched" sentinel, so GT id 0 is matched normally there; callers must give GT ids
-    >= 1 (``evaluate_cap`` renumbers) to reproduce that with pycocotools' ``dtm == 0`` convention.
-    """
-
-    def __init__(self, coco_gt: COCO, coco_dt: COCO, slip: bool, nan_policy: str) -> None:
-        super().__init__(coco_gt, coco_dt, "keypoints")
-        self.slip = slip
-        self.nan_policy = nan_policy
-
-    def computeOks(self, imgId: int, catId: int) -> np.ndarray | list:  # noqa: N802 (pycocotools name)
-        p = self.params
-        gts = self._gts[imgId, catId]
-        dts = self._dts[imgId, catId]
-        order = np.argsort([-d["score"] for d in dts], kind="mergesort")
-        dts = [dts[i] for i in order][: p.maxDets[-1]]
-        if len(gts) == 0 or len(dts) == 0:
-            return []
-        sims = np.zeros((len(dts), len(gts)))
-        for j, gt in enumerate(gts):
-            g = np.asarray(gt["keypoints"], dtype=np.float64).reshape(NUM_JOINTS, 3)
-            for i, dt in enumerate(dts):
-                d = np.asarray(dt["keypoints"], dtype=np.float64).reshape(NUM_JOINTS, 3)
-                sims[i, j] = weighted_cosine_similarity(g, d, self.slip, self.nan_policy)
-        return sims
 
 
 def _run_eval(evaluator: COCOeval) -> np.ndarray:
