@@ -98,7 +98,8 @@ def gt_annotations(
     ``P * position + slot`` (P = number of slots), so the first person of the first image gets id 0, which
     pycocotools' ``evaluateImg``/``accumulate`` treat as "unmatched" (``dtm == 0``): its match is a false positive.
     ``protocol='corrected'``: visible = score > 0 (stored as v = 2, else v = 0), ``num_keypoints`` = number of
-    visible joints (0 -> COCOeval ignores the person), bbox/area from the visible joints only, ids from 1.
+    visible joints (0 -> COCOeval ignores the person), bbox/area from the visible joints only (from the x > 0
+    joints when none is visible), ids from 1.
     """
     _check_protocol(protocol)
     people = _people(poses)
