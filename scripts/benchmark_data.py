@@ -90,11 +90,12 @@ def benchmark_dataset(
             ds[i % len(ds)]
             times.append(time.perf_counter() - t0)
         elapsed = time.perf_counter() - start
-        decode = []
+        decode, shapes = [], set()
         for i in range(min(len(ds), num_samples)):
             t0 = time.perf_counter()
             image = read_image(ds.ids[i], ds.resolve(ds.entries[i]["img_path"]))
             decode.append(time.perf_counter() - t0)
+            shapes.add(tuple(image.shape[:2]))
         file_kb = np.mean([ds.resolve(e["img_path"]).stat().st_size / 1024 for e in ds.entries[:num_samples]])
     finally:
         cv2.setNumThreads(previous_threads)
@@ -105,7 +106,7 @@ def benchmark_dataset(
         "ms_per_sample_p50": float(np.percentile(ms, 50)),
         "ms_per_sample_p95": float(np.percentile(ms, 95)),
         "jpeg_decode_ms_mean": float(np.mean(decode) * 1000),
-        "source_image_hw": list(image.shape[:2]),
+        "source_sizes_hw": sorted(list(s) for s in shapes),
         "source_file_kb_mean": float(file_kb),
         "num_samples": num_samples,
         "image_size": image_size,

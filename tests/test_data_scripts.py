@@ -66,4 +66,4 @@ def test_benchmark_function(tmp_path):
     mapping = bench.make_benchmark_images(tmp_path, num_images=1)
     results = bench.benchmark_dataset(mapping, tmp_path, image_size=64, num_samples=3, warmup=1)
     assert results["samples_per_s"] > 0 and results["num_samples"] == 3 and results["image_size"] == 64
-    assert results["source_image_hw"] == [1500, 1000]
+    assert results["source_sizes_hw"] == [[1500, 1000]]
