@@ -297,7 +297,7 @@ def score(args, config, metrics_config, out_dir: Path, ids: list[str]) -> dict[s
         "scale": args.scale,
     }
     if args.metrics in ("pose", "all"):
-        from grpose.metrics.pose import evaluate_pose_alignment
+        from grpose.metrics.pose import evaluate_pose_alignment, per_scene
 
         gt = [np.asarray(r["gt"], dtype=np.float32) for r in records]
         dets = [
@@ -307,22 +307,46 @@ def score(args, config, metrics_config, out_dir: Path, ids: list[str]) -> dict[s
             }
             for r in records
         ]
-        h, w = records[0]["height"], records[0]["width"]
-        metrics["pose"] = evaluate_pose_alignment(gt, dets, h, w, protocol=args.protocol, batch_size=args.batch_size)
-        scenes = sorted({r["scene"] for r in records})
-        metrics["pose_per_scene"] = {}
-        for scene in scenes:
-            idx = [i for i, r in enumerate(records) if r["scene"] == scene]
-            metrics["pose_per_scene"][scene] = evaluate_pose_alignment(
-                [gt[i] for i in idx], [dets[i] for i in idx], h, w, protocol=args.protocol, batch_size=args.batch_size
-            )
+        heights = [r["height"] for r in records]
+        widths = [r["width"] for r in records]
+        ids = [r["id"] for r in records]
+        common = dict(protocol=args.protocol, batch_size=args.batch_size, image_ids=ids)
+        metrics["pose"] = evaluate_pose_alignment(gt, dets, heights, widths, **common)
+        metrics["pose_per_scene"] = per_scene([r["scene"] for r in records], gt, dets, heights, widths, **common)
     if args.metrics in ("quality", "all"):
-        from grpose.metrics.quality import evaluate_quality_from_records
-
-        metrics["quality"] = evaluate_quality_from_records(records, out_dir, metrics_config.get("quality", {}))
+        metrics["quality"] = quality_metrics(args, config, metrics_config, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     write_csv(out_dir / "metrics.csv", metrics)
     return metrics
+
+
+def quality_metrics(args, config, metrics_config: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """FID/KID per scene and pooled, and CLIP-score, of the generated panels (scripts/eval_quality.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_quality", Path(__file__).parent / "scripts/eval_quality.py")
+    eval_quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_quality)
+    quality = metrics_config.get("quality", {})
+    params = test_dataset_params(args, config)
+    argv = [
+        "--images",
+        str(out_dir),
+        "--real_map",
+        str(params["mapping_file"]),
+        "--out",
+        str(out_dir / "metrics_quality.json"),
+    ]
+    if params.get("base_dir"):
+        argv += ["--base", str(params["base_dir"])]
+    if quality.get("inception"):
+        argv += ["--inception", str(quality.inception)]
+    if quality.get("clip"):
+        argv += ["--clip", str(quality.clip), "--clip_model", str(quality.get("clip_arch", "ViT-L-14-quickgelu"))]
+    for key, flag in (("fid_features", "--fid_feature"), ("kid_subset_size", "--kid_subset_size")):
+        if quality.get(key) is not None:
+            argv += [flag, str(quality[key])]
+    return eval_quality.main(argv)
 
 
 def write_csv(path: Path, metrics: dict[str, Any]) -> None:
