@@ -143,6 +143,9 @@ def load_into(
     for key, value in state_dict.items():
         if key in own:
             if tuple(own[key].shape) != tuple(value.shape):
+                if _matches(key, patterns):  # e.g. CLIP position_ids stored as (77,) by other library versions
+                    report.ignored.append(key)
+                    continue
                 mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
             else:
                 to_load[key] = value
