@@ -21,7 +21,7 @@ def test_tiny_controlnet_is_zero_at_init_and_trains():
     x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([3, 900]), torch.randn(2, 77, 32)
     hint = torch.rand(2, 3, 64, 64)
     residuals = net(x, t, context, hint * 2 - 1)
-    assert len(residuals) == 7 and all(not r.any() for r in residuals)
+    assert len(residuals) == 13 and all(not r.any() for r in residuals)
     with torch.no_grad():
         for p in list(unet.parameters()) + list(net.parameters()):
             if not p.any():
@@ -76,3 +76,21 @@ def test_variant_configs_only_change_what_they_should():
     assert laion.model == base.model
     controlnet = load_config(ROOT / "configs/controlnet/humanart.yaml")
     assert controlnet.model.params.unet == base.model.params.unet and controlnet.data == base.data
+
+
+@pytest.mark.parametrize(
+    ("configs", "backbone"),
+    [
+        (["configs/grpose/humanart.yaml", "configs/controlnet/humanart.yaml"], "configs/sd15.yaml"),
+        (["configs/grpose/tiny.yaml", "configs/controlnet/tiny.yaml"], "configs/sd15_tiny.yaml"),
+    ],
+)
+def test_backbone_blocks_equal_the_sd15_configs(configs, backbone):
+    reference = load_config(ROOT / backbone)
+    for path in configs:
+        params = load_config(ROOT / path).model.params
+        for part in ("unet", "vae", "text_encoder"):
+            assert params[part] == reference[part], f"{path}: model.params.{part} differs from {backbone}"
+        adapter, unet = params.adapter.params, params.unet.params
+        for key in ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "context_dim"):
+            assert adapter[key] == unet[key], f"{path}: adapter {key} differs from the UNet's"

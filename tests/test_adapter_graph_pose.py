@@ -63,7 +63,7 @@ def test_fresh_adapter_leaves_the_eps_prediction_exactly_unchanged():
     randomise_zero_params(unet)
     x, t, context, hint = tiny_inputs()
     residuals = adapter(x, t, context, hint)
-    assert len(residuals) == unet.num_residuals == 7
+    assert len(residuals) == unet.num_residuals == 13
     assert all(not r.any() for r in residuals)
     torch.testing.assert_close(unet(x, t, context, control=residuals), unet(x, t, context), rtol=0, atol=0)
 
@@ -96,7 +96,7 @@ def test_only_pgi_levels_get_pose_features_and_no_parameter_is_dead():
 def test_no_pgi_adapter_has_no_pose_encoder():
     _, adapter = tiny_parts(inject_layers="[]")
     assert adapter.pose_encoder is None
-    assert len(adapter(*tiny_inputs())) == 7
+    assert len(adapter(*tiny_inputs())) == 13
 
 
 @pytest.mark.parametrize(
