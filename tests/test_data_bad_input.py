@@ -88,6 +88,14 @@ def test_skip_serves_next_and_warns_once(broken, caplog):
     assert ds.report_skipped() == 1
 
 
+@pytest.mark.parametrize("broken", ["missing image"], indirect=True)
+def test_default_policy_follows_train(broken):
+    mapping_file, ids, _ = broken
+    assert PoseDataset(mapping_file, image_size=32, train=True)[1]["id"] == ids[2]
+    with pytest.raises(DatasetEntryError, match=ids[1]):
+        PoseDataset(mapping_file, image_size=32, train=False)[1]
+
+
 def test_last_entry_wraps_and_all_bad_raises(tmp_path):
     summary = make_synthetic_dataset(tmp_path, 4, seed=2, val_fraction=0.25)
     mapping = json.loads(Path(summary["mapping_training"]).read_text())

@@ -144,6 +144,15 @@ def test_masks_match_reference_loops():
     assert pose_masks(torch.full((1, 3, 16, 24), -1.0)).sum() == 0
 
 
+def test_masks_other_threshold():
+    """The inference threshold of the release (-0.99, quirk Q5) against a float64 torchvision blur loop."""
+    tv = pytest.importorskip("torchvision.transforms.functional")
+    hint = _random_hints(2, 32, 48, seed=3)
+    masks = pose_masks(hint, kernel_sizes=(13,), threshold=-0.99)
+    blurred = tv.gaussian_blur(hint.double(), [13, 13], [3.0, 3.0])
+    np.testing.assert_array_equal(masks[0].numpy(), _cells_from_pixels((blurred > -0.99).any(dim=1).numpy()))
+
+
 def test_masks_bad_shapes():
     with pytest.raises(ValueError, match="multiple"):
         pose_masks(torch.zeros(1, 3, 20, 16))

@@ -114,9 +114,10 @@ class PoseDataset(Dataset):
     Each sample: ``jpg`` float32 (S, S, 3) RGB in [-1, 1]; ``hint`` the rendered skeleton float32 (S, S, 3) in
     [-1, 1]; ``pose`` float32 (max_person_num, 17, 3) in crop pixels, missing = (-1, -1, 0); ``txt`` (dropped to
     "" with probability ``caption_dropout`` when training); ``img_path``; ``id`` (the mapping key); ``scene``.
-    Training crops randomly, evaluation crops the centre (deterministic). Bad entries: ``on_error='raise'``
-    raises a DatasetEntryError naming the id and path; ``'skip'`` warns once per bad entry, serves the next valid
-    entry instead and counts distinct bad entries in ``num_skipped`` (shared with DataLoader workers).
+    Training crops randomly, evaluation crops the centre (deterministic). Bad entries (``on_error`` defaults to
+    'skip' when training, 'raise' when evaluating): 'raise' raises a DatasetEntryError naming the id and path;
+    'skip' warns once per bad entry, serves the next valid entry instead and counts distinct bad entries in
+    ``num_skipped`` (shared with DataLoader workers).
     """
 
     def __init__(
@@ -130,10 +131,12 @@ class PoseDataset(Dataset):
         train: bool = True,
         caption_dropout: float = 0.5,
         random_flip: bool = False,
-        on_error: str = "skip",
+        on_error: str | None = None,
         limit: int | None = None,
         seed: int = 0,
     ) -> None:
+        if on_error is None:
+            on_error = "skip" if train else "raise"  # issue #3: skip when training, raise when evaluating
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         if not 0.0 <= caption_dropout <= 1.0:

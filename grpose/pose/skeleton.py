@@ -90,7 +90,8 @@ def render_skeleton(
     ``cv2.line`` of width ``thickness`` between the ``int()``-truncated end points is drawn, then filled
     circles of radius ``thickness // 2`` at both ends, in the limb's ``LIMB_COLORS`` colour; later limbs and
     people overwrite earlier ones. Returns a new uint8 (H, W, 3) RGB image: black, or a copy of ``canvas``
-    (uint8 (H, W, 3) RGB, e.g. a generated image) drawn over.
+    (uint8 (H, W, 3) RGB, e.g. a generated image) drawn over. Unlike the release, a person is never skipped
+    because ``np.sum(pose) <= 0`` (quirk Q14); only the per-limb presence test applies.
     """
     pose = np.asarray(pose, dtype=np.float64)
     if pose.ndim == 2:
