@@ -124,3 +124,11 @@ def test_real_size_composite_on_meta_matches_the_released_checkpoint():
     adapter = {k: tuple(v.shape) for k, v in parts["adapter"].state_dict().items()}
     copied, fresh = prepare_weights.plan_adapter_init(adapter, sd_shapes)
     assert (len(copied), len(fresh)) == (274, 200)
+
+
+def test_output_loads_through_train_control_ckpt(tmp_path):
+    train = pytest.importorskip("train")
+    make_sd_file(tmp_path / "sd.ckpt")
+    prepare_weights.prepare_weights(tmp_path / "sd.ckpt", TINY, tmp_path / "init.ckpt")
+    model = instantiate(load_config(TINY).model)
+    train.load_control_ckpt(model, str(tmp_path / "init.ckpt"))  # strict; raises SystemExit on any mismatch
