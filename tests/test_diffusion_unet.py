@@ -60,7 +60,7 @@ def unet_pair():
     return ours, reference
 
 
-def _inputs(batch: int = 2, size: int = 16):
+def _inputs(batch: int = 2, size: int = 8):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 4, size, size, generator=gen)
     t = torch.tensor([10, 700][:batch])
