@@ -128,6 +128,7 @@ def benchmark_gcn(
     results: dict = {
         "setting": {"channels": channels, "size": size, "batch": batch, "k": k, "conv": conv, "device": str(device)},
         "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
     }
     if conv == "edge":  # the two must agree before their cost is compared
         with torch.no_grad():
@@ -158,6 +159,7 @@ def benchmark_gcn(
     if "naive" in results:
         results["peak_ratio_ours_over_naive"] = results["ours"]["peak_bytes"] / results["naive"]["peak_bytes"]
         results["time_ratio_ours_over_naive"] = results["ours"]["time_s"] / results["naive"]["time_s"]
+        results["min_time_ratio_ours_over_naive"] = results["ours"]["time_min_s"] / results["naive"]["time_min_s"]
     return results
 
 
@@ -172,8 +174,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--chunk_size", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = benchmark_gcn(
         args.channels, args.size, args.batch, args.k, args.device, args.repeats, args.warmup, args.conv, args.chunk_size
     )

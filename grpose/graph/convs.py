@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grpose.graph.knn import auto_chunk_size
+# Default bound on the gathered (B, C, nodes, k) block held at once by gather_max.
+GATHER_BUDGET = 1 << 22
 
 
 def _expand_index(idx: torch.Tensor, channels: int) -> torch.Tensor:
@@ -52,7 +53,8 @@ class _GatherMax(torch.autograd.Function):
 
 def gather_max(feats: torch.Tensor, idx: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
     """Max of ``feats`` (B, C, N) over the neighbours ``idx`` (B, N, k) of each node -> (B, C, N)."""
-    chunk = chunk_size or auto_chunk_size(feats.shape[0] * feats.shape[1], idx.shape[-1], 1 << 20)
+    batch, channels, _ = feats.shape
+    chunk = chunk_size or max(1, GATHER_BUDGET // (batch * channels * idx.shape[-1]))  # nodes per chunk
     return _GatherMax.apply(feats, idx, chunk)
 
 

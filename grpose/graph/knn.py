@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 # Default bound on the number of (query, candidate) distance entries held at once per chunk.
-DEFAULT_KNN_BUDGET = 1 << 20
+DEFAULT_KNN_BUDGET = 1 << 22
 
 
 def auto_chunk_size(batch: int, num_nodes: int, budget: int = DEFAULT_KNN_BUDGET) -> int:
