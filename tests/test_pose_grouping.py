@@ -174,18 +174,24 @@ def test_gaussian_blur_matches_cv2_and_dark_udp():
 
 def test_refine_fast_equals_literal():
     rng = np.random.default_rng(3)
-    hm = rng.standard_normal((17, 24, 20)).astype(np.float32) * 0.3
-    tags = rng.standard_normal((17, 24, 20, 2)).astype(np.float32) * 2
-    for trial in range(20):
-        kp = np.zeros((17, 5), np.float32)
-        on = rng.random(17) < 0.4
-        on[0] = True
-        kp[on, 0] = rng.integers(0, 20, on.sum())
-        kp[on, 1] = rng.integers(0, 24, on.sum())
-        kp[on, 2] = rng.random(on.sum()) + 0.1
-        search = G.RefineSearch(hm, tags, top=16 if trial % 2 else 2048, chunk=4)
-        fast = G.refine_person(hm, tags, kp.copy(), use_udp=bool(trial % 3), search=search)
-        slow = G.refine_person_literal(hm, tags, kp.copy(), use_udp=bool(trial % 3))
+    for trial in range(16):
+        h, w = (24, 20) if trial % 4 < 2 else (64, 72)  # large maps take the tag-binned exhaustive search
+        hm = rng.standard_normal((17, h, w)).astype(np.float32) * 0.3
+        if trial % 4 == 3:
+            hm = np.abs(hm) * 0.01  # flat, low maps: nearly every pixel can win
+        tags = (rng.standard_normal((17, h, w, 2)) * 2).astype(np.float32)
+        if trial % 8 == 7:
+            tags = np.round(tags)  # tags on the bin edges
+        people = np.zeros((6, 17, 5), np.float32)
+        for person in people:
+            on = rng.random(17) < 0.4
+            on[rng.integers(17)] = True
+            person[on, 0] = rng.integers(0, w, on.sum())
+            person[on, 1] = rng.integers(0, h, on.sum())
+            person[on, 2] = rng.random(on.sum()) + 0.1
+        use_udp = bool(trial % 2)
+        fast = G.refine_people(hm, tags, people.copy(), use_udp, top=8 if trial % 3 == 0 else 4096)
+        slow = np.stack([G.refine_person_literal(hm, tags, p.copy(), use_udp) for p in people])
         np.testing.assert_array_equal(fast, slow)
 
 

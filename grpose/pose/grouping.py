@@ -128,6 +128,26 @@ def munkres_package(cost_matrix: np.ndarray) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def max_pool_same(maps: np.ndarray, kernel: int) -> np.ndarray:
+    """``max_pool2d(maps, kernel, stride 1, padding (kernel-1)//2)`` with -inf padding, as two separable passes.
+
+    Max is exact, so this equals torch's pooling bit for bit; it is several times faster on the CPU.
+    """
+    pad = (kernel - 1) // 2
+    k, h, w = maps.shape
+    p = np.full((k, h, w + 2 * pad), -np.inf, dtype=maps.dtype)
+    p[:, :, pad : pad + w] = maps
+    rows = p[:, :, 0:w].copy()
+    for d in range(1, kernel):
+        np.maximum(rows, p[:, :, d : d + w], out=rows)
+    p = np.full((k, h + 2 * pad, w), -np.inf, dtype=maps.dtype)
+    p[:, pad : pad + h] = rows
+    out = p[:, 0:h].copy()
+    for d in range(1, kernel):
+        np.maximum(out, p[:, d : d + h], out=out)
+    return out
+
+
 def top_k(
     heatmaps: torch.Tensor, tags: torch.Tensor, params: GroupingParams
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -137,7 +157,10 @@ def top_k(
     as (x, y), val_k (K,M) float32, M = max_num_people, sorted by value.
     """
     hm = heatmaps[None]
-    maxm = F.max_pool2d(hm, params.nms_kernel, 1, params.nms_padding)
+    if 2 * params.nms_padding == params.nms_kernel - 1:
+        maxm = torch.from_numpy(max_pool_same(heatmaps.numpy(), params.nms_kernel))[None]
+    else:
+        maxm = F.max_pool2d(hm, params.nms_kernel, 1, params.nms_padding)
     hm = hm * torch.eq(maxm, hm).float()
     _, k, h, w = hm.shape
     val_k, ind = hm.view(1, k, -1).topk(params.max_num_people, dim=2)
@@ -253,6 +276,48 @@ def post_dark_udp(coords: np.ndarray, heatmaps: np.ndarray, kernel: int = 3) -> 
     return coords
 
 
+def post_dark_udp_local(coords: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
+    """``post_dark_udp`` evaluated only where it reads: the same flat indices into the edge-padded log map, the same
+    float32 blur/clip/log per value, so the result is bit-identical without processing whole maps."""
+    coords = np.array(coords, dtype=np.float32)
+    k, h, w = heatmaps.shape
+    n = coords.shape[0]
+    index = coords[..., 0] + 1 + (coords[..., 1] + 1) * (w + 2)
+    index += (w + 2) * (h + 2) * np.arange(0, k).reshape(-1, k)
+    index = index.astype(int).reshape(-1, 1)
+    offsets = np.array([0, 1, w + 2, w + 3, -w - 3, -1, -2 - w])
+    flat = (index + offsets[None, :]) % ((w + 2) * (h + 2) * k)  # numpy's wrap-around for negative indices
+    kk, rem = np.divmod(flat, (w + 2) * (h + 2))
+    yp, xp = np.divmod(rem, w + 2)
+    y = np.clip(yp - 1, 0, h - 1)  # 'edge' padding
+    x = np.clip(xp - 1, 0, w - 1)
+
+    def reflect(i: np.ndarray, size: int) -> np.ndarray:  # BORDER_REFLECT_101
+        i = np.abs(i)
+        return np.where(i > size - 1, 2 * (size - 1) - i, i)
+
+    xl, xr = reflect(x - 1, w), reflect(x + 1, w)
+    half, quarter = np.float32(0.5), np.float32(0.25)
+
+    def row_blur(yy: np.ndarray) -> np.ndarray:
+        return half * heatmaps[kk, yy, x] + quarter * (heatmaps[kk, yy, xl] + heatmaps[kk, yy, xr])
+
+    vals = half * row_blur(y) + quarter * (row_blur(reflect(y - 1, h)) + row_blur(reflect(y + 1, h)))
+    np.clip(vals, 0.001, 50, out=vals)
+    np.log(vals, out=vals)
+    i_, ix1, iy1, ix1y1, ix1_y1_, ix1_, iy1_ = (vals[:, j : j + 1] for j in range(7))
+    dx = 0.5 * (ix1 - ix1_)
+    dy = 0.5 * (iy1 - iy1_)
+    derivative = np.concatenate([dx, dy], axis=1).reshape(n, k, 2, 1)
+    dxx = ix1 - 2 * i_ + ix1_
+    dyy = iy1 - 2 * i_ + iy1_
+    dxy = 0.5 * (ix1y1 - ix1 - iy1 + i_ + i_ - ix1_ - iy1_ + ix1_y1_)
+    hessian = np.concatenate([dxx, dxy, dxy, dyy], axis=1).reshape(n, k, 2, 2)
+    hessian = np.linalg.inv(hessian + np.finfo(np.float32).eps * np.eye(2))
+    coords -= np.einsum("ijmn,ijnk->ijmk", hessian, derivative).squeeze()
+    return coords
+
+
 def adjust_quarter(people: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
     """Non-UDP adjust: quarter-pixel step towards the higher neighbour, then +0.5 (joints with val > 0)."""
     people = np.array(people, dtype=np.float32)
@@ -274,96 +339,119 @@ def adjust_quarter(people: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
     return people
 
 
-class RefineSearch:
-    """Exact, fast ``argmax(heatmap[k] - round(||tag[k] - prev_tag||))`` for many people on one image.
-
-    A pixel scores at most its heatmap value (round(dist) >= 0 and float subtraction is monotone), so pixels are
-    visited in decreasing heatmap order and the search stops once the next heatmap value is below the best score:
-    no unvisited pixel can reach or tie it. Ties are resolved to the first flat index, as ``np.argmax`` does on the
-    full map. The per-joint visiting order (the ``top`` highest pixels) is computed once per image.
-    """
-
-    def __init__(self, heatmaps: np.ndarray, tags: np.ndarray, top: int = 2048, chunk: int = 64) -> None:
-        k, h, w = heatmaps.shape
-        self.hm = heatmaps.reshape(k, h * w)
-        self.tags = tags.reshape(k, h * w, -1)
-        self.top = min(top, h * w)
-        self.chunk = chunk
-        self._order: dict[int, np.ndarray] = {}
-
-    def order(self, k: int) -> np.ndarray:
-        if k not in self._order:
-            hm = self.hm[k]
-            idx = np.argpartition(hm, hm.size - self.top)[hm.size - self.top :] if self.top < hm.size else None
-            idx = np.arange(hm.size) if idx is None else idx
-            self._order[k] = idx[np.argsort(-hm[idx], kind="stable")]
-        return self._order[k]
-
-    def argmax(self, k: int, prev_tag: np.ndarray) -> int:
-        hm, tag = self.hm[k], self.tags[k]
-        order = self.order(k)
-        best = -np.inf
-        seen: list[np.ndarray] = []
-        scores: list[np.ndarray] = []
-        start = 0
-        while start < order.size:
-            idx = order[start : start + self.chunk]
-            sc = _norm_scores(hm[idx], tag[idx], prev_tag)
-            seen.append(idx)
-            scores.append(sc)
-            best = max(best, sc.max())
-            start += self.chunk
-            if start < order.size and hm[order[start]] < best:
-                break
-        else:
-            if order.size < hm.size and hm[order[-1]] >= best:  # the top list was not enough: evaluate the rest
-                cand = np.flatnonzero(hm >= best)
-                if cand.size > hm.size // 4:
-                    return int(np.argmax(_norm_scores(hm, tag, prev_tag)))
-                seen.append(cand)
-                scores.append(_norm_scores(hm[cand], tag[cand], prev_tag))
-        idx = np.concatenate(seen)
-        sc = np.concatenate(scores)
-        top = sc.max()
-        return int(idx[sc == top].min())
-
-
-def refine_person(
-    heatmaps: np.ndarray, tags: np.ndarray, keypoints: np.ndarray, use_udp: bool, search: RefineSearch | None = None
-) -> np.ndarray:
-    """mmpose's ``refine``: fill undetected joints from the best heatmap peak near the person's mean tag.
-
-    heatmaps (K,H,W), tags (K,H,W,L) float32, keypoints (K, 3+L) float32 (modified in place and returned).
-    Only joints with ``keypoints[k, 2] == 0`` can change in mmpose, so only those are searched (see RefineSearch).
-    """
-    num_joints, h, w = heatmaps.shape
-    if tags.ndim == 3:
-        tags = tags[..., None]
-    search = search or RefineSearch(heatmaps, tags)
+def _mean_tag(tags: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
+    """A person's mean tag over its detected joints, read at their truncated (x, y) (mmpose's ``refine``)."""
+    num_joints, h, w = tags.shape[:3]
     found = []
     for i in range(num_joints):
         if keypoints[i, 2] > 0:
             x, y = keypoints[i][:2].astype(int)
-            x = np.clip(x, 0, w - 1)
-            y = np.clip(y, 0, h - 1)
-            found.append(tags[i, y, x])
-    prev_tag = np.mean(found, axis=0)
+            found.append(tags[i, np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)])
+    return np.mean(found, axis=0)
+
+
+def _best_pixels(hm: np.ndarray, tag: np.ndarray, prev_tags: np.ndarray, top: int = 4096) -> np.ndarray:
+    """For each row of prev_tags (m, L): the first flat index of max(hm - round(||tag - prev||)), exactly.
+
+    hm (N,), tag (N, L). A pixel scores at most its heatmap value (round(dist) >= 0, float subtraction is
+    monotone). So the brightest pixels are scored first; a person whose best score there beats every unscored
+    heatmap value is done, the others are scored on every pixel bright enough to reach their best. Equal to
+    ``np.argmax`` over the full map, including its first-index tie-breaking.
+    """
+    peak = hm.max()
+    idx = np.flatnonzero(hm >= np.float32(0.05) * peak) if peak > 0 else np.arange(0)
+    if idx.size > top:
+        idx = idx[np.argpartition(hm[idx], idx.size - top)[idx.size - top :]]
+    idx = np.sort(idx)
+    out = np.zeros(len(prev_tags), dtype=np.int64)
+    todo = np.ones(len(prev_tags), dtype=bool)
+    if idx.size:
+        sc = _norm_scores_many(hm[idx], tag[idx], prev_tags)  # (m, n)
+        best = sc.max(axis=1)
+        out = idx[np.argmax(sc, axis=1)]  # idx ascending: the first maximum is the smallest flat index
+        unscored_max = hm[idx].min() if idx.size < hm.size else -np.inf
+        todo = ~(unscored_max < best)
+    bins = None
+    for j in np.flatnonzero(todo):
+        thr = best[j] if idx.size else -np.inf
+        cand = np.flatnonzero(hm >= thr)
+        if cand.size > 2048:
+            # a pixel scoring >= thr has round(dist) = 0 (so |tag_0 - prev_0| <= 0.5) or a heatmap >= thr + 1:
+            # find the first kind through pixels binned by their first tag component (margins keep it exact)
+            bins = bins or _TagBins(tag[:, 0])
+            near = bins.within(prev_tags[j, 0], 0.501)
+            if near.size:  # an achieved score raises the bar
+                thr = max(thr, _norm_scores_many(hm[near], tag[near], prev_tags[j : j + 1]).max())
+            mask = hm >= thr + np.float32(0.5)
+            mask[near] = True
+            cand = np.flatnonzero(mask & (hm >= thr))
+        sc = _norm_scores_many(hm[cand], tag[cand], prev_tags[j : j + 1])[0]
+        out[j] = cand[np.argmax(sc)]
+    return out
+
+
+class _TagBins:
+    """Pixels sorted by floor(2 * tag), to list those whose tag lies within a window (a superset, never fewer)."""
+
+    def __init__(self, tag0: np.ndarray) -> None:
+        keys = np.clip(np.floor(tag0 * 2), -30000, 30000).astype(np.int16)
+        self.order = np.argsort(keys, kind="stable")
+        self.sorted = keys[self.order]
+
+    def within(self, center: float, radius: float) -> np.ndarray:
+        lo = np.clip(np.floor((center - radius) * 2) - 1, -30000, 30000)
+        hi = np.clip(np.floor((center + radius) * 2) + 1, -30000, 30000)
+        a = np.searchsorted(self.sorted, lo, side="left")
+        b = np.searchsorted(self.sorted, hi, side="right")
+        return self.order[a:b]
+
+
+def refine_people(
+    heatmaps: np.ndarray, tags: np.ndarray, people: np.ndarray, use_udp: bool, top: int = 4096
+) -> np.ndarray:
+    """mmpose's ``refine`` on every person: fill undetected joints from the best peak near the person's mean tag.
+
+    heatmaps (K,H,W), tags (K,H,W,L), people (P, K, 3+L) float32 (modified in place and returned). mmpose searches
+    every joint but only writes joints with score 0, so only those are searched here (see ``_best_pixels``).
+    """
+    num_joints, h, w = heatmaps.shape
+    if tags.ndim == 3:
+        tags = tags[..., None]
+    if people.shape[0] == 0:
+        return people
+    prev_tags = np.stack([_mean_tag(tags, person) for person in people])
+    flat_hm = heatmaps.reshape(num_joints, h * w)
+    flat_tags = tags.reshape(num_joints, h * w, -1)
     for i in range(num_joints):
-        if keypoints[i, 2] != 0:
+        who = np.flatnonzero(people[:, i, 2] == 0)
+        if who.size == 0:
             continue
         hm = heatmaps[i]
-        y, x = divmod(search.argmax(i, prev_tag), w)
-        val = hm[y, x]
-        if not val > 0:
-            continue
-        fx = float(x) if use_udp else x + 0.5
-        fy = float(y) if use_udp else y + 0.5
-        fx += 0.25 if hm[y, min(w - 1, x + 1)] > hm[y, max(0, x - 1)] else -0.25
-        fy += 0.25 if hm[min(h - 1, y + 1), x] > hm[max(0, y - 1), x] else -0.25
-        keypoints[i, 0] = fx
-        keypoints[i, 1] = fy
-        keypoints[i, 2] = val
-    return keypoints
+        for p, flat in zip(who, _best_pixels(flat_hm[i], flat_tags[i], prev_tags[who], top)):
+            y, x = divmod(int(flat), w)
+            val = hm[y, x]
+            if not val > 0:
+                continue
+            fx = float(x) if use_udp else x + 0.5
+            fy = float(y) if use_udp else y + 0.5
+            fx += 0.25 if hm[y, min(w - 1, x + 1)] > hm[y, max(0, x - 1)] else -0.25
+            fy += 0.25 if hm[min(h - 1, y + 1), x] > hm[max(0, y - 1), x] else -0.25
+            people[p, i, 0] = fx
+            people[p, i, 1] = fy
+            people[p, i, 2] = val
+    return people
+
+
+def _norm_scores_many(hm: np.ndarray, tag: np.ndarray, prev_tags: np.ndarray) -> np.ndarray:
+    """hm - round(||tag - prev||) for pixels hm (n,), tag (n, L) and people prev_tags (m, L) -> (m, n) float32.
+
+    Same float32 operations as mmpose's per-map ``((tag - prev) ** 2).sum(-1) ** 0.5``, hence the same bits.
+    """
+    sq = (tag[None, :, :] - prev_tags[:, None, :]) ** 2
+    acc = sq[..., 0]
+    for l in range(1, sq.shape[-1]):  # numpy's sum over a short axis adds in this order
+        acc = acc + sq[..., l]
+    return hm[None, :] - np.round(acc**0.5)
 
 
 def refine_person_literal(heatmaps: np.ndarray, tags: np.ndarray, keypoints: np.ndarray, use_udp: bool) -> np.ndarray:
@@ -391,12 +479,6 @@ def refine_person_literal(heatmaps: np.ndarray, tags: np.ndarray, keypoints: np.
         if results[i, 2] > 0 and keypoints[i, 2] == 0:
             keypoints[i, :3] = results[i, :3]
     return keypoints
-
-
-def _norm_scores(hm: np.ndarray, tag: np.ndarray, prev_tag: np.ndarray) -> np.ndarray:
-    """heatmap - round(||tag - prev_tag||) at the given pixels (n,) / (n, L), with mmpose's float32 operations."""
-    dist = ((tag - prev_tag[None, :]) ** 2).sum(axis=1) ** 0.5
-    return hm - np.round(dist)
 
 
 def person_scores(people: np.ndarray) -> np.ndarray:
@@ -429,15 +511,12 @@ def parse(
     hm = hm_t.numpy()
     if adjust and people.shape[0] > 0:
         if use_udp:
-            people[..., :2] = post_dark_udp(people[..., :2].copy(), hm)
+            people[..., :2] = post_dark_udp_local(people[..., :2].copy(), hm)
         else:
             people = adjust_quarter(people, hm)
     scores = person_scores(people)
     if refine:
-        tg = tag_t.numpy()
-        search = RefineSearch(hm, tg)
-        for p in range(people.shape[0]):
-            people[p] = refine_person(hm, tg, people[p], use_udp, search)
+        people = refine_people(hm, tag_t.numpy(), people, use_udp)
     return people, scores
 
 
