@@ -74,3 +74,15 @@ def test_gcn_block_is_equivariant_to_spatial_permutations():
 def test_unknown_conv_name_is_rejected():
     with pytest.raises(ValueError, match="unknown graph conv 'gat'"):
         GCN(16, conv="gat")
+
+
+def test_gcn_runs_under_bf16_autocast_with_the_same_graph():
+    gcn = GCN(32, kernel_size=5)
+    x = torch.randn(2, 32, 6, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = gcn(x)
+    out.float().square().mean().backward()
+    assert torch.isfinite(x.grad).all()
+    y = torch.randn(2, 16, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(dense_knn(y, 6), dense_knn(y, 6, chunk_size=3))

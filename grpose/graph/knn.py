@@ -53,20 +53,24 @@ def dense_knn(x: torch.Tensor, k: int, dilation: int = 1, chunk_size: int | None
             "use a smaller kernel_size/dilation or a larger feature map"
         )
     chunk = chunk_size or auto_chunk_size(batch, num_nodes)
-    feats = F.normalize(x.detach().float(), p=2.0, dim=1)  # (B, C, N)
-    sq_norm = feats.pow(2).sum(dim=1)  # (B, N)
-    queries = feats.transpose(1, 2)  # (B, N, C)
-    index = torch.arange(num_nodes, device=x.device, dtype=torch.int64)
-    out = []
-    for start in range(0, num_nodes, chunk):
-        stop = min(start + chunk, num_nodes)
-        n = stop - start
-        # (B, n, N): ||b||^2 - 2 a.b + ||a||^2, built in place to keep one float buffer per chunk
-        dist = torch.baddbmm(sq_norm[:, None, :].expand(batch, n, num_nodes), queries[:, start:stop], feats, alpha=-2.0)
-        dist.add_(sq_norm[:, start:stop, None])
-        keys = _tie_broken_keys(dist, index)
-        del dist
-        nearest = torch.topk(keys, span, dim=-1, largest=False, sorted=True).values
-        out.append(nearest & 0xFFFFFFFF)  # (B, n, span) candidate indices
-    idx = torch.cat(out, dim=1)  # (B, N, span)
+    # float32 throughout: under autocast baddbmm would return bf16/fp16 and break the bit-level keys
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        feats = F.normalize(x.detach().float(), p=2.0, dim=1)  # (B, C, N)
+        sq_norm = feats.pow(2).sum(dim=1)  # (B, N)
+        queries = feats.transpose(1, 2)  # (B, N, C)
+        index = torch.arange(num_nodes, device=x.device, dtype=torch.int64)
+        out = []
+        for start in range(0, num_nodes, chunk):
+            stop = min(start + chunk, num_nodes)
+            n = stop - start
+            # (B, n, N): ||b||^2 - 2 a.b + ||a||^2, built in place to keep one float buffer per chunk
+            dist = torch.baddbmm(
+                sq_norm[:, None, :].expand(batch, n, num_nodes), queries[:, start:stop], feats, alpha=-2.0
+            )
+            dist.add_(sq_norm[:, start:stop, None])
+            keys = _tie_broken_keys(dist, index)
+            del dist
+            nearest = torch.topk(keys, span, dim=-1, largest=False, sorted=True).values
+            out.append(nearest & 0xFFFFFFFF)  # (B, n, span) candidate indices
+        idx = torch.cat(out, dim=1)  # (B, N, span)
     return idx[:, :, ::dilation].contiguous()  # (B, N, k)
