@@ -129,3 +129,10 @@ def test_pgi_checkpointing_matches_plain_run_and_updates_batchnorm_stats_once():
     assert int(ckpt.gnn.conv1[1].num_batches_tracked) == 1
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_hint_of_the_wrong_size_is_rejected_clearly():
+    _, adapter = tiny_parts()
+    x, t, context, hint = tiny_inputs()
+    with pytest.raises(ValueError, match=r"expected \(B, C, 64, 64\)"):
+        adapter(x, t, context, hint[:, :, :32, :32])

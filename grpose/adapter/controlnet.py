@@ -65,6 +65,15 @@ class ControlEncoder(nn.Module):
         self.middle_block = build_middle_block(ch, model_channels, num_heads, context_dim, **common)
         self.middle_block_out = zero_conv1x1(ch)
 
+    @staticmethod
+    def check_hint(x: torch.Tensor, hint: torch.Tensor) -> None:
+        """The hint must be the image-resolution skeleton: 8x the latent's height and width."""
+        if hint.dim() != 4 or tuple(hint.shape[-2:]) != (8 * x.shape[-2], 8 * x.shape[-1]):
+            raise ValueError(
+                f"hint of shape {tuple(hint.shape)} does not fit latent {tuple(x.shape)}: expected (B, C, "
+                f"{8 * x.shape[-2]}, {8 * x.shape[-1]}), the rendered pose at image resolution (VAE factor 8)"
+            )
+
     def embed_time(self, timesteps: torch.Tensor, batch: int) -> torch.Tensor:
         """Timestep embedding MLP on the sinusoidal features: (B,) -> (B, 4 * model_channels)."""
         if timesteps.ndim == 0:
@@ -125,6 +134,7 @@ class ControlNet(ControlEncoder):
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None, hint: torch.Tensor
     ) -> list[torch.Tensor]:
         """x (B, 4, h, w), timesteps (B,), context (B, L, D), hint (B, 3, 8h, 8w) -> 13 residuals."""
+        self.check_hint(x, hint)
         emb = self.embed_time(timesteps, x.shape[0])
         guided_hint = self.input_hint_block(hint, emb, context)  # (B, model_channels, h, w)
         outs = []

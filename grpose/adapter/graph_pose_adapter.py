@@ -126,6 +126,7 @@ class GraphPoseAdapter(ControlEncoder):
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None, hint: torch.Tensor
     ) -> list[torch.Tensor]:
         """x (B, 4, h, w), timesteps (B,), context (B, L, D), hint (B, 3, 8h, 8w) in [-1, 1] -> 13 residuals."""
+        self.check_hint(x, hint)
         emb = self.embed_time(timesteps, x.shape[0])
         pose_features = self.pose_encoder(hint) if self.pose_encoder is not None else []
         outs = []
