@@ -73,7 +73,7 @@ def run_directory(args: argparse.Namespace) -> Path:
     ``GRPOSE_RUN_DIR``. Under an external launcher (torchrun, SLURM) every rank derives the same name, so no
     suffix is added there: give each such run its own ``--name``.
     """
-    if os.environ.get("GRPOSE_RUN_DIR"):
+    if os.environ.get("GRPOSE_RUN_DIR") and int(os.environ.get("LOCAL_RANK", 0)) > 0:
         return Path(os.environ["GRPOSE_RUN_DIR"])
     if args.resume:
         ckpt = Path(args.resume)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from grpose.callbacks import ImageLogger, ResumeState, SaveOnInterrupt
+    from grpose.callbacks import ImageLogger, LastCheckpoint, ResumeState
 
     seed = args.seed if args.seed is not None else trainer_cfg.get("seed", 23)
     pl.seed_everything(seed, workers=True)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     model = instantiate(config.model, "model")
     if args.control_ckpt and not args.resume:
         load_control_ckpt(model, args.control_ckpt)
-    datamodule = instantiate(config.data, "data")
+    datamodule = instantiate(config.data, "data", recursive=False)  # datasets are built lazily by the DataModule
 
     ckpt_dir = run_dir / "checkpoints"
     log_frequency = args.log_frequency or trainer_cfg.get("log_frequency", 300)
@@ -193,21 +193,15 @@ def main(argv: list[str] | None = None) -> int:
             filename="{epoch:04d}",
             every_n_epochs=trainer_cfg.get("every_n_epochs", 4),
             save_top_k=-1,
-            save_last=True,
+            save_last=False,
         ),
-        ModelCheckpoint(
-            dirpath=ckpt_dir,
-            every_n_train_steps=trainer_cfg.get("last_every_n_steps", 500),
-            save_top_k=0,
-            save_last=True,
-        ),
+        LastCheckpoint(str(ckpt_dir), every_n_steps=trainer_cfg.get("last_every_n_steps", 500)),
         ImageLogger(
             every_n_steps=log_frequency,
             num_steps=trainer_cfg.get("image_sample_steps", 20),
             out_dir=str(run_dir / "images"),
         ),
         ResumeState(OmegaConf.to_yaml(config, resolve=True)),
-        SaveOnInterrupt(str(ckpt_dir)),
         LearningRateMonitor(logging_interval="step"),
     ]
     loggers = [CSVLogger(run_dir, name="logs", version="")]
@@ -237,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(config, run_dir / "config.yaml", resolve=True)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=args.resume)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=args.resume)
+    finally:
+        os.environ.pop("GRPOSE_RUN_DIR", None)
     if trainer.is_global_zero:
         last = ckpt_dir / "last.ckpt"
         print(f"run directory: {run_dir}\ncheckpoint:    {last}\nimage grids:   {run_dir / 'images'}")

@@ -102,10 +102,20 @@ class ResumeState(pl.Callback):
 
     def __init__(self, config_yaml: str | None = None):
         self.config_yaml = config_yaml
-        self._loaded_rng: list[dict] | None = None
+
+    @staticmethod
+    def _portable(states: dict[str, Any]) -> dict[str, Any]:
+        """numpy's state holds an ndarray, which ``torch.load(weights_only=True)`` refuses: store it as a tensor."""
+        kind, keys, pos, has_gauss, cached = states["numpy"]
+        return {**states, "numpy": (kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss, cached)}
+
+    @staticmethod
+    def _restored(states: dict[str, Any]) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = states["numpy"]
+        return {**states, "numpy": (kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached)}
 
     def state_dict(self) -> dict[str, Any]:
-        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        states = self._portable(_collect_rng_states(include_cuda=torch.cuda.is_available()))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, states)
@@ -114,28 +124,57 @@ class ResumeState(pl.Callback):
         return {"rng_states": gathered, "config_yaml": self.config_yaml}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._loaded_rng = state_dict.get("rng_states")
+        """Restore this rank's RNG state now: Lightning restores callbacks before it builds the first iterator."""
+        self.config_yaml = state_dict.get("config_yaml", self.config_yaml)
+        states = state_dict.get("rng_states")
+        if not states:
+            return
+        rank = (
+            torch.distributed.get_rank()
+            if torch.distributed.is_available() and torch.distributed.is_initialized()
+            else 0
+        )
+        states = self._restored(dict(states[rank if rank < len(states) else 0]))
+        if not torch.cuda.is_available():
+            states.pop("torch.cuda", None)
+        _set_rng_states(states)
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        if self._loaded_rng:
-            rank = trainer.global_rank if trainer.global_rank < len(self._loaded_rng) else 0
-            states = dict(self._loaded_rng[rank])
-            if not torch.cuda.is_available():
-                states.pop("torch.cuda", None)
-            _set_rng_states(states)
-            self._loaded_rng = None
 
+class LastCheckpoint(pl.Callback):
+    """Keeps ``last.ckpt`` current: every ``every_n_steps`` steps, at the last step, and on Ctrl-C.
 
-class SaveOnInterrupt(pl.Callback):
-    """On Ctrl-C (KeyboardInterrupt) write ``last.ckpt`` so the run can be resumed with ``--resume``."""
+    Written through ``trainer.save_checkpoint`` (rank 0 writes, all ranks take part), so it holds everything
+    ``--resume`` needs: weights, optimizer, loop progress and (with ResumeState) the RNG states.
+    """
 
-    def __init__(self, dirpath: str):
+    def __init__(self, dirpath: str, every_n_steps: int = 500):
         self.dirpath = dirpath
+        self.every_n_steps = every_n_steps
+        self._saved_step = -1
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.dirpath, "last.ckpt")
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        at_end = 0 < trainer.max_steps <= step
+        if step != self._saved_step and (at_end or (self.every_n_steps > 0 and step % self.every_n_steps == 0)):
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0 and trainer.global_step != self._saved_step:
+            self._save(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, KeyboardInterrupt):
             return
-        path = os.path.join(self.dirpath, "last.ckpt")
-        trainer.save_checkpoint(path)
+        self._save(trainer)
         if trainer.is_global_zero:
-            log.warning("interrupted at step %d: wrote %s (resume with --resume %s)", trainer.global_step, path, path)
+            log.warning(
+                "interrupted at step %d: wrote %s (resume with --resume %s)", trainer.global_step, self.path, self.path
+            )

@@ -93,11 +93,12 @@ def to_container(node: Any) -> Any:
     return node
 
 
-def instantiate(node: Any, yaml_path: str = "<config>", **extra: Any) -> Any:
+def instantiate(node: Any, yaml_path: str = "<config>", recursive: bool = True, **extra: Any) -> Any:
     """Build the object described by ``{target: dotted.Name, params: {...}}``.
 
-    Nested ``target`` nodes inside params are instantiated recursively (depth first). ``extra`` keyword
-    arguments are added to (and override) the node's params.
+    With ``recursive`` nested ``target`` nodes inside params are instantiated first (depth first); without it
+    they are passed on as plain dicts (e.g. datasets a DataModule builds lazily). ``extra`` keyword arguments are
+    added to (and override) the node's params.
     """
     if isinstance(node, DictConfig | ListConfig):
         node = OmegaConf.to_container(node, resolve=True)
@@ -108,7 +109,8 @@ def instantiate(node: Any, yaml_path: str = "<config>", **extra: Any) -> Any:
         raise ConfigError(f"{yaml_path}: unexpected key(s) {sorted(unknown_keys)} next to target/params")
     fn = _locate(node["target"], yaml_path)
     params = dict(node.get("params") or {})
-    params = {k: _instantiate_nested(v, f"{yaml_path}.params.{k}") for k, v in params.items()}
+    if recursive:
+        params = {k: _instantiate_nested(v, f"{yaml_path}.params.{k}") for k, v in params.items()}
     params.update(extra)
     _check_params(fn, params, yaml_path)
     try:

@@ -34,6 +34,8 @@ def data_overrides(root: Path, limit: int = 6) -> list[str]:
         f"data.params.train.params.mapping_file={root}/mapping_file_training.json",
         f"data.params.train.params.base_dir={root}",
         f"data.params.train.params.limit={limit}",
+        f"data.params.test.params.mapping_file={root}/mapping_file_validation.json",
+        f"data.params.test.params.base_dir={root}",
         "data.params.num_workers=0",
         "synthetic_data=null",
         "trainer.progress_bar=false",
@@ -42,8 +44,14 @@ def data_overrides(root: Path, limit: int = 6) -> list[str]:
 
 
 def tiny_model(*overrides: str):
+    """The tiny model with its frozen UNet's zero-initialised layers filled, as pretrained SD weights would be."""
     config = load_config(TINY, overrides=list(overrides))
-    return instantiate(config.model, "model"), config
+    model = instantiate(config.model, "model")
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    return model, config
 
 
 def tiny_batch(synthetic: Path, n: int = 2) -> dict:
@@ -81,7 +89,7 @@ def test_unlocked_sd_trains_the_decoder_too():
 def test_pose_perception_loss_sends_gradient_to_the_adapter(synthetic):
     model, _ = tiny_model(
         "model.params.percept_loss_weight=0.5",
-        "+model.params.pose_feature_network={target: grpose.pose.features.PoseFeatureNetwork, "
+        "model.params.pose_feature_network={target: grpose.pose.features.PoseFeatureNetwork, "
         "params: {checkpoint: null, allow_random_init: true, width_mult: 0.25}}",
     )
     model.train()

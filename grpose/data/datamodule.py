@@ -10,7 +10,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from grpose.config import ConfigError, instantiate, to_container
 from grpose.data.pose_dataset import PoseDataset
@@ -42,11 +42,8 @@ def collate_pose_batch(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader worker init: one OpenCV thread per worker and a distinct, reproducible augmentation RNG."""
+    """DataLoader worker init: one OpenCV thread per worker (augmentation draws from the worker's torch RNG)."""
     cv2.setNumThreads(1)
-    info = get_worker_info()
-    if info is not None and hasattr(info.dataset, "reseed"):
-        info.dataset.reseed(info.seed % 2**63)
 
 
 def build_dataset(node: Any, name: str) -> Dataset:
@@ -102,7 +99,8 @@ class PoseDataModule(L.LightningDataModule):
         """Build the datasets needed for ``stage`` (once each)."""
         if stage in (None, "fit") and self.train_dataset is None and self.train_config is not None:
             self.train_dataset = build_dataset(self.train_config, "train")
-        if stage in (None, "fit", "validate") and self.val_dataset is None and self.validation_config is not None:
+        # The validation set is built when a validation loader is asked for, not for every fit (train.py runs none).
+        if stage in (None, "validate") and self.val_dataset is None and self.validation_config is not None:
             self.val_dataset = build_dataset(self.validation_config, "validation")
         if stage in (None, "test", "predict") and self.test_dataset is None and self.test_config is not None:
             self.test_dataset = build_dataset(self.test_config, "test")

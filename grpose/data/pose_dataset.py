@@ -157,16 +157,19 @@ class PoseDataset(Dataset):
         self.random_flip = bool(random_flip)
         self.on_error = on_error
         self.seed = int(seed)
-        self._rng = np.random.default_rng(self.seed)
         # one flag per entry in shared memory: DataLoader workers mark bad entries, the main process counts them
         self._bad = torch.zeros(len(self.ids), dtype=torch.uint8).share_memory_()
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def reseed(self, seed: int) -> None:
-        """Reset the augmentation RNG (the DataModule calls this in each worker with the worker's seed)."""
-        self._rng = np.random.default_rng(seed)
+    def sample_rng(self) -> np.random.Generator:
+        """Augmentation RNG of one training sample, seeded from torch's global RNG (and ``seed``).
+
+        Drawing from torch's RNG keeps augmentation reproducible wherever torch's RNG is: DataLoader workers
+        are seeded from it, and a resumed run restores it, so crops and caption dropout match an uninterrupted run.
+        """
+        return np.random.default_rng([self.seed, int(torch.randint(0, 2**62, ()).item())])
 
     @property
     def num_skipped(self) -> int:
@@ -216,8 +219,9 @@ class PoseDataset(Dataset):
         people = read_pose(entry_id, self.resolve(pose_path), self.keypoint_num)
         height, width = image.shape[:2]
         size = self.image_size
-        geometry = crop_geometry(height, width, size, self._rng if self.train else None)
-        flip = self.train and self.random_flip and bool(self._rng.random() < 0.5)
+        rng = self.sample_rng() if self.train else None
+        geometry = crop_geometry(height, width, size, rng)
+        flip = self.train and self.random_flip and bool(rng.random() < 0.5)
         crop = resize_and_crop(image, geometry)
         crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
         if flip:
@@ -227,7 +231,7 @@ class PoseDataset(Dataset):
         )
         hint = render_skeleton(pose, size, size, threshold=self.keypoint_thresh)
         txt = prompt
-        if self.train and self.caption_dropout > 0 and self._rng.random() < self.caption_dropout:
+        if self.train and self.caption_dropout > 0 and rng.random() < self.caption_dropout:
             txt = ""
         return {
             "jpg": to_unit_range(crop),
