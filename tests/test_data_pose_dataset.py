@@ -5,8 +5,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 import pytest
+import torch
 
 from grpose.data.pose_dataset import PoseDataset
 from grpose.data.transforms import resized_shape
