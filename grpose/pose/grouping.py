@@ -135,12 +135,16 @@ def max_pool_same(maps: np.ndarray, kernel: int) -> np.ndarray:
     """
     pad = (kernel - 1) // 2
     k, h, w = maps.shape
-    p = np.full((k, h, w + 2 * pad), -np.inf, dtype=maps.dtype)
+    p = np.empty((k, h, w + 2 * pad), dtype=maps.dtype)
+    p[:, :, :pad] = -np.inf
+    p[:, :, pad + w :] = -np.inf
     p[:, :, pad : pad + w] = maps
     rows = p[:, :, 0:w].copy()
     for d in range(1, kernel):
         np.maximum(rows, p[:, :, d : d + w], out=rows)
-    p = np.full((k, h + 2 * pad, w), -np.inf, dtype=maps.dtype)
+    p = np.empty((k, h + 2 * pad, w), dtype=maps.dtype)
+    p[:, :pad] = -np.inf
+    p[:, pad + h :] = -np.inf
     p[:, pad : pad + h] = rows
     out = p[:, 0:h].copy()
     for d in range(1, kernel):
@@ -342,12 +346,11 @@ def adjust_quarter(people: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
 def _mean_tag(tags: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
     """A person's mean tag over its detected joints, read at their truncated (x, y) (mmpose's ``refine``)."""
     num_joints, h, w = tags.shape[:3]
-    found = []
-    for i in range(num_joints):
-        if keypoints[i, 2] > 0:
-            x, y = keypoints[i][:2].astype(int)
-            found.append(tags[i, np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)])
-    return np.mean(found, axis=0)
+    joints = np.flatnonzero(keypoints[:, 2] > 0)
+    xy = keypoints[joints, :2].astype(int)  # truncation toward zero, then clipped to the map
+    x = np.clip(xy[:, 0], 0, w - 1)
+    y = np.clip(xy[:, 1], 0, h - 1)
+    return np.mean(list(tags[joints, y, x]), axis=0)
 
 
 def _best_pixels(hm: np.ndarray, tag: np.ndarray, prev_tags: np.ndarray, top: int = 4096) -> np.ndarray:
