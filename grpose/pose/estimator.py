@@ -198,10 +198,13 @@ class BottomUpPoseEstimator:
                 f"no checkpoint given for pose model {arch!r}: expected {self.spec.checkpoint or '(a file)'} "
                 f"({self.spec.what}); see models/README.md. Pass allow_random_init=True only for tests."
             )
-        self.model = build_pose_model(arch)
         if checkpoint is None:
             log.warning("pose model %s uses random weights (allow_random_init=True)", arch)
+            with torch.random.fork_rng(devices=[]):  # the same random weights in every process and run
+                torch.manual_seed(0)
+                self.model = build_pose_model(arch)
         else:
+            self.model = build_pose_model(arch)
             load_mmpose_checkpoint(self.model, checkpoint, arch)
         self.model.eval().requires_grad_(False).to(self.device)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
@@ -273,6 +276,10 @@ class BottomUpPoseEstimator:
 
         Returns 'heatmaps' (B,K,h,w), 'tags' (B,K,h,w,L), 'backbone' and 'backbone_flip' (when flip_test).
         """
+        with torch.autocast(device_type=x.device.type, enabled=False):  # mmpose ran in fp32
+            return self._network(x.float(), base_size)
+
+    def _network(self, x: torch.Tensor, base_size: tuple[int, int]) -> dict[str, torch.Tensor]:
         ac = self.spec.align_corners
         feat = self.model.forward_backbone(x)
         heatmaps, tags = self._split(self.model.keypoint_head(feat))

@@ -67,4 +67,6 @@ class PoseFeatureNetwork(nn.Module):
         return torch.flip(x, [3]) if self.flip else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.preprocess(x))
+        """[-1,1] RGB (B,3,H,W) -> (B,1280,H/32,W/32); always fp32, as the release (autocast disabled)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.backbone(self.preprocess(x.float()))
