@@ -92,8 +92,7 @@ def preflight(args: argparse.Namespace, config: DictConfig, metrics_config: Dict
         probe.unlink()
     except OSError as err:
         raise SystemExit(f"--outdir: cannot write to {out_dir}: {err}; choose a writable directory") from err
-    if not Path(args.ckpt).is_file():
-        raise SystemExit(f"--ckpt: checkpoint not found: {args.ckpt}")
+    check_checkpoint_fits(args, config)
     if args.base_model and not Path(args.base_model).is_file():
         raise SystemExit(f"--base_model: checkpoint not found: {args.base_model}")
     if args.metrics in ("pose", "all"):
@@ -129,6 +128,21 @@ def preflight(args: argparse.Namespace, config: DictConfig, metrics_config: Dict
             f"{mapping_file}: {len(problems)} problem(s) in the test set:\n  {shown}\n"
             "fix the entries (scripts/check_dataset.py lists them all) or pass --limit"
         )
+
+
+def check_checkpoint_fits(args: argparse.Namespace, config: DictConfig) -> None:
+    """Compare --ckpt's keys and shapes with the model of the config, built on the meta device (no weights read)."""
+    import torch
+
+    from grpose.checkpoint import CheckpointError, load_into, read_state_dict
+
+    with torch.device("meta"):
+        model = instantiate(config.model, "model")
+    try:
+        state_dict = read_state_dict(args.ckpt, config_key="--ckpt", what="a GRPose/ControlNet checkpoint")
+        load_into(model, state_dict, strict=True, ignore=("mmpose_model.",), source=args.ckpt)
+    except CheckpointError as err:
+        raise SystemExit(f"--ckpt does not fit the model config {args.config_model}: {err}") from err
 
 
 def load_model(args: argparse.Namespace, config: DictConfig, device):
@@ -203,7 +217,7 @@ def generate_shard(args, config, metrics_config, out_dir: Path, rank: int, world
     from tqdm import tqdm
 
     from grpose.data.pose_dataset import PoseDataset
-    from grpose.eval_results import append_results, image_seed, read_results, shard, shard_path
+    from grpose.eval_results import append_results, image_seed, read_results, shard_batches, shard_path
     from grpose.pose.skeleton import render_skeleton
 
     dataset = PoseDataset(**test_dataset_params(args, config))
@@ -211,7 +225,7 @@ def generate_shard(args, config, metrics_config, out_dir: Path, rank: int, world
     index_of = {entry_id: i for i, entry_id in enumerate(dataset.ids)}
     results_path = shard_path(out_dir, rank)
     done = {r["id"] for p in out_dir.glob("results.rank*.jsonl") for r in read_results(p, repair=p == results_path)}
-    todo = [i for i in shard(ids, rank, world_size) if i not in done]
+    todo = [batch for batch in shard_batches(ids, args.batch_size, rank, world_size) if not set(batch) <= done]
     if not todo:
         return
     model = load_model(args, config, device)
@@ -220,9 +234,8 @@ def generate_shard(args, config, metrics_config, out_dir: Path, rank: int, world
         params = {"channel_order": "bgr" if args.protocol == "released" else "rgb", "device": str(device)}
         estimator = instantiate(metrics_config.pose_estimator, "pose_estimator", **params)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    bar = tqdm(total=len(todo), desc=f"rank {rank}", unit="img", disable=rank != 0, dynamic_ncols=True)
-    for start in range(0, len(todo), args.batch_size):
-        batch_ids = todo[start : start + args.batch_size]
+    bar = tqdm(total=sum(map(len, todo)), desc=f"rank {rank}", unit="img", disable=rank != 0, dynamic_ncols=True)
+    for batch_ids in todo:  # a partly written batch (killed run) is regenerated whole, its done records not rewritten
         samples = [dataset[index_of[i]] for i in batch_ids]
         hint = torch.stack([torch.from_numpy(s["hint"]) for s in samples]).permute(0, 3, 1, 2).to(device)
         noise = torch.stack(
@@ -263,7 +276,8 @@ def generate_shard(args, config, metrics_config, out_dir: Path, rank: int, world
                 record["num_det"] = len(record["detections"]["scores"])
             if not args.no_panels:
                 save_panel(out_dir, sample, image, render_skeleton, args)
-            records.append(record)
+            if sample["id"] not in done:
+                records.append(record)
         append_results(results_path, records)
         bar.update(len(batch_ids))
     bar.close()

@@ -21,9 +21,15 @@ def image_seed(global_seed: int, entry_id: str) -> int:
     return (int(global_seed) * 1_000_003 + zlib.crc32(str(entry_id).encode())) % (2**63 - 1)
 
 
-def shard(ids: Sequence[str], rank: int, world_size: int) -> list[str]:
-    """Deterministic share of ``ids`` for ``rank``: every ``world_size``-th entry of the sorted ids."""
-    return sorted(ids)[rank::world_size]
+def shard_batches(ids: Sequence[str], batch_size: int, rank: int, world_size: int) -> list[list[str]]:
+    """This rank's batches: the sorted ids cut into batches of ``batch_size``, every ``world_size``-th batch.
+
+    Sharding whole batches keeps every image in the same batch (same companions, same shapes) whatever the
+    number of processes, so results are bit-identical for 1 or N processes; the last batch may be partial.
+    """
+    ordered = sorted(ids)
+    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return batches[rank::world_size]
 
 
 def shard_path(results_dir: Path, rank: int) -> Path:

@@ -11,10 +11,14 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
-    """ldm "uniform" DDIM timesteps: ``arange(0, T, T // num_steps) + 1`` (e.g. 1, 21, ..., 981 for 50 steps)."""
+    """ldm "uniform" DDIM timesteps ``c·i + 1`` with ``c = T // num_steps`` (e.g. 1, 21, ..., 981 for 50 steps).
+
+    Exactly ``num_steps`` of them: ldm's ``arange(0, T, c) + 1`` gives one more step, and an index T that does
+    not exist, when ``num_steps`` does not divide T (e.g. 3 steps); for divisors the two are identical.
+    """
     if not 0 < num_steps <= num_train_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
-    return np.arange(0, num_train_timesteps, num_train_timesteps // num_steps) + 1
+    return np.arange(num_steps) * (num_train_timesteps // num_steps) + 1
 
 
 def ddim_coefficients(

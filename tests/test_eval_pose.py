@@ -1,0 +1,128 @@
+"""eval_pose.py end to end on the tiny config: 1 vs 2 processes, resume after a kill, bad input (issue #6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval_pose
+from grpose.checkpoint import save_state_dict
+from grpose.config import instantiate, load_config
+from grpose.data.synthetic import make_synthetic_dataset
+from grpose.eval_results import read_results
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs/grpose/tiny.yaml")
+TINY_METRICS = str(ROOT / "configs/eval/tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    make_synthetic_dataset(root / "data", 20, seed=1)
+    model = instantiate(load_config(TINY).model, "model")
+    with torch.no_grad():  # what a trained model has: nonzero zero-initialised layers
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    ckpt = save_state_dict(model.state_dict(), root / "tiny.ckpt")
+    return root, ckpt
+
+
+def argv(root: Path, ckpt: Path, outdir: Path, *extra: str) -> list[str]:
+    return [
+        "--config_model", TINY, "--ckpt", str(ckpt), "--config_metrics", TINY_METRICS,
+        "--map_file", str(root / "data/mapping_file_validation.json"), "--outdir", str(outdir),
+        "--ddim_steps", "2", "--batch_size", "2", "--limit", "5", "--accelerator", "cpu", "--run", "r", *extra,
+    ]  # fmt: skip
+
+
+def records(outdir: Path) -> dict[str, dict]:
+    out = {}
+    for path in sorted((outdir / "grpose/r").glob("results.rank*.jsonl")):
+        for r in read_results(path):
+            assert r["id"] not in out, f"duplicate {r['id']}"
+            out[r["id"]] = r
+    return out
+
+
+def metrics(outdir: Path) -> dict:
+    m = json.loads((outdir / "grpose/r/metrics.json").read_text())
+    return {k: v for k, v in m.items() if k not in ("checkpoint",)}
+
+
+@pytest.mark.slow
+def test_one_and_two_processes_give_identical_results(setup, tmp_path):
+    root, ckpt = setup
+    eval_pose.main(argv(root, ckpt, tmp_path / "one"))
+    eval_pose.main(argv(root, ckpt, tmp_path / "two", "--devices", "2"))
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert len(one) == 5 and one == two  # every entry once, the last partial batch included
+    assert metrics(tmp_path / "one") == metrics(tmp_path / "two")
+    m = metrics(tmp_path / "one")
+    assert m["protocol"] == "corrected" and m["num_images"] == 5
+    assert {"ap", "ar", "cap", "cap_corrected", "pce", "ap_batch_mean"} <= set(m["pose"])
+    panels = list((tmp_path / "one/grpose/r/images").rglob("*.jpg"))
+    assert len(panels) == 5
+    csv = (tmp_path / "one/grpose/r/metrics.csv").read_text().splitlines()
+    assert csv[0].startswith("scene,") and csv[1].startswith("all,")
+
+
+def test_killed_run_resumes_without_duplicates(setup, tmp_path):
+    root, ckpt = setup
+    out = tmp_path / "out"
+    eval_pose.main(argv(root, ckpt, out))
+    full = records(out)
+    shard = out / "grpose/r/results.rank0.jsonl"
+    lines = shard.read_text().splitlines(keepends=True)
+    shard.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # killed while writing record 3
+    (out / "grpose/r/metrics.json").unlink()
+    eval_pose.main(argv(root, ckpt, out))
+    assert records(out) == full
+    assert json.loads((out / "grpose/r/metrics.json").read_text())["num_images"] == 5
+
+
+def test_released_protocol_is_recorded(setup, tmp_path):
+    root, ckpt = setup
+    eval_pose.main(argv(root, ckpt, tmp_path, "--protocol", "released", "--limit", "2", "--no_panels"))
+    m = metrics(tmp_path)
+    assert m["protocol"] == "released" and m["pose"]["protocol"] == "released"
+
+
+def test_checkpoint_that_does_not_fit_fails_before_generation(setup, tmp_path):
+    root, _ = setup
+    config = load_config(TINY, overrides=["model.params.adapter.params.model_channels=64"])
+    wrong = save_state_dict(instantiate(config.model, "model").state_dict(), tmp_path / "wrong.ckpt")
+    with pytest.raises(SystemExit, match=r"(?s)does not fit the model config.*control_model"):
+        eval_pose.main(argv(root, wrong, tmp_path / "o"))
+    assert not list((tmp_path / "o").rglob("results*.jsonl"))
+
+
+def test_missing_pose_estimator_weights_are_named(setup, tmp_path):
+    root, ckpt = setup
+    with pytest.raises(SystemExit, match=r"higherhrnet_w48_humanart_512x512_udp\.pth.*pose_estimator\.params"):
+        eval_pose.main(argv(root, ckpt, tmp_path / "o")[:-2] + ["--config_metrics", "configs/eval/metrics.yaml"])
+
+
+def test_missing_image_in_map_file_is_named(setup, tmp_path):
+    root, ckpt = setup
+    data = tmp_path / "data"
+    make_synthetic_dataset(data, 8, seed=2)
+    mapping = json.loads((data / "mapping_file_validation.json").read_text())
+    victim = sorted(mapping)[0]
+    (data / mapping[victim]["img_path"]).unlink()
+    args = argv(root, ckpt, tmp_path / "o")
+    args[args.index("--map_file") + 1] = str(data / "mapping_file_validation.json")
+    with pytest.raises(SystemExit, match=rf"entry {victim}: img_path .* does not exist"):
+        eval_pose.main(args)
+
+
+def test_unwritable_output_directory_fails_first(setup, tmp_path):
+    root, ckpt = setup
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SystemExit, match="cannot write to"):
+        eval_pose.main(argv(root, ckpt, blocker / "sub"))
