@@ -209,9 +209,13 @@ class GRPoseModel(pl.LightningModule):
         return self.percept_loss_weight * self.alphas_cumprod[t] * per_sample
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        # Skipping a bad batch must also undo what its forward did to BatchNorm running statistics (GCN blocks).
+        saved = [(b, b.detach().clone()) for b in self.control_model.buffers()] if self.nonfinite_loss == "skip" else []
         terms = self.compute_losses(batch)
         loss = sum(terms.values()).mean()
         if not torch.isfinite(loss):
+            for buffer, value in saved:
+                buffer.copy_(value)
             return self._handle_nonfinite(loss, terms, batch)
         bs = len(batch["txt"])
         for name, value in terms.items():
