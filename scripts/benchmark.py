@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,22 @@ def synthetic_batch(batch_size: int, image_size: int, device: torch.device, seed
     }
 
 
+def _host_syncs(fn: Callable[[], Any], device: torch.device) -> dict[str, Any] | None:
+    """Host-device synchronisations during ``fn`` (CUDA sync debug mode), with the Python sites that caused them."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    sites = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    return {"count": len(sites), "sites": sorted(set(sites))}
+
+
 def _count_flops(fn: Callable[[], Any]) -> int | None:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -272,6 +289,9 @@ def bench_train(
             if not label.get("checkpointing") and flops is not None:
                 model_flops[key] = flops
             step_s = statistics.median(times)
+            syncs = _host_syncs(step, device) if batch_size == batch_sizes[0] else None
+            if syncs is not None:
+                row.update(host_syncs=syncs["count"], host_sync_sites=syncs["sites"])
             row.update(
                 step_s=step_s,
                 samples_per_s=batch_size / step_s,
@@ -348,6 +368,9 @@ def bench_sample(
                 times = _timed(functools.partial(run, num_steps), device, repeats, 0)
                 peak = _peak_bytes(device)
                 run_s = statistics.median(times)
+                syncs = _host_syncs(functools.partial(run, min(num_steps, 2)), device)
+                if syncs is not None:
+                    row.update(host_syncs=syncs["count"], host_sync_sites=syncs["sites"])
                 row.update(
                     run_s=run_s,
                     images_per_s=batch_size / run_s,
