@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 for _path in (ROOT, ROOT / "scripts"):
@@ -218,16 +219,29 @@ def _host_syncs(fn: Callable[[], Any], device: torch.device) -> dict[str, Any] |
     return {"count": len(sites), "sites": sorted(set(sites))}
 
 
-def _count_flops(fn: Callable[[], Any]) -> int | None:
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched below autograd (forward and backward); most are one kernel launch each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count_flops(fn: Callable[[], Any]) -> tuple[int | None, int | None]:
+    """(FLOPs, dispatched aten ops) of one call; the op count shows how launch-bound a step is."""
     from torch.utils.flop_counter import FlopCounterMode
 
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, _OpCounter() as ops:
             fn()
     except Exception as err:  # noqa: BLE001 - a counting failure must not sink the timing numbers
         print(f"  flop counting failed: {type(err).__name__}: {err}", flush=True)
-        return None
-    return int(counter.get_total_flops())
+        return None, None
+    return int(counter.get_total_flops()), ops.count
 
 
 # ---------------------------------------------------------------------------------------------- 1. training step
@@ -284,7 +298,7 @@ def bench_train(
             key = (batch_size, bool(label.get("pose_loss")))
             # on GPU a checkpointed run reuses the model FLOPs of its plain twin (saves a slow counted step)
             recount = not (device.type == "cuda" and label.get("checkpointing") and key in model_flops)
-            flops = _count_flops(forward_backward) if recount else None
+            flops, aten_ops = _count_flops(forward_backward) if recount else (None, None)
             optimizer.zero_grad(set_to_none=True)
             if not label.get("checkpointing") and flops is not None:
                 model_flops[key] = flops
@@ -297,6 +311,7 @@ def bench_train(
                 samples_per_s=batch_size / step_s,
                 peak_memory_gib=peak / 2**30,
                 step_flops=flops,
+                aten_ops=aten_ops,
                 model_flops=model_flops.get(key, flops),
                 times_s=times,
             )
