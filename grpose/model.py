@@ -177,8 +177,9 @@ class GRPoseModel(pl.LightningModule):
         hint = self.batch_images(batch, "hint")  # (B, 3, H, W) in [-1, 1]
         z0 = self.encode_images(images)  # (B, 4, H/8, W/8)
         context = self.encode_text(batch["txt"])  # (B, 77, C)
-        masks = pose_masks(hint, kernel_sizes=self.gaussian_kernels, sigma=self.mask_sigma)  # (K, B, H/8, W/8)
-        mask = masks[-1].unsqueeze(1).to(z0.dtype)  # the finest kernel, as released: (B, 1, H/8, W/8)
+        # Only the last kernel's mask weights the loss, as released (§3.5): the others are not computed.
+        masks = pose_masks(hint, kernel_sizes=self.gaussian_kernels[-1:], sigma=self.mask_sigma)  # (1, B, H/8, W/8)
+        mask = masks[-1].unsqueeze(1).to(z0.dtype)  # (B, 1, H/8, W/8)
         t = torch.randint(0, self.num_timesteps, (z0.shape[0],), device=z0.device)
         noise = torch.randn_like(z0)
         z_t = q_sample(z0, t, noise, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)

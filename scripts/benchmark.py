@@ -58,6 +58,11 @@ CHECKPOINT_OVERRIDES = (
     "model.params.unet.params.use_checkpoint=true",
     "model.params.adapter.params.use_checkpoint=true",
 )
+# The real configs enable checkpointing (as released): "off" must say so explicitly.
+NO_CHECKPOINT_OVERRIDES = (
+    "model.params.unet.params.use_checkpoint=false",
+    "model.params.adapter.params.use_checkpoint=false",
+)
 POSE_NET_OVERRIDES = (
     "model.params.pose_feature_network.params.checkpoint=null",
     "model.params.pose_feature_network.params.allow_random_init=true",
@@ -500,7 +505,7 @@ def run_suite(suite: str, sections: Sequence[str], smoke: bool, compile_model: b
                 if smoke and (pose_loss or ckpt) and not (pose_loss and ckpt):
                     continue  # smoke: the plain step and the step with everything on
                 cfg = list(paths) + ([REAL_POSELOSS] if (gpu and pose_loss) else [])
-                overrides = list(base_overrides) + (list(CHECKPOINT_OVERRIDES) if ckpt else [])
+                overrides = list(base_overrides) + list(CHECKPOINT_OVERRIDES if ckpt else NO_CHECKPOINT_OVERRIDES)
                 if pose_loss:
                     overrides += list(POSE_NET_OVERRIDES) if gpu else list(TINY_POSELOSS_OVERRIDES)
                 label = {"model": model_name, "pose_loss": pose_loss, "checkpointing": ckpt}

@@ -188,7 +188,11 @@ class CLIPTextEncoder(nn.Module):
 
     def tokenize(self, texts: list[str] | str) -> torch.LongTensor:
         """Token ids (B, max_length) on this module's device (see :func:`tokenize`)."""
-        return tokenize(texts, self.max_length).to(self.transformer.text_model.embeddings.token_embedding.weight.device)
+        device = self.transformer.text_model.embeddings.token_embedding.weight.device
+        ids = tokenize(texts, self.max_length)
+        if device.type == "cuda":  # pinned + non_blocking: no wait for the GPU queue at the start of every step
+            return ids.pin_memory().to(device, non_blocking=True)
+        return ids.to(device)
 
     def forward(self, texts: list[str] | str | torch.Tensor) -> torch.Tensor:
         """``last_hidden_state`` after the final LayerNorm, (B, max_length, width), for prompts or token ids."""
