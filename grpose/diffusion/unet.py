@@ -142,6 +142,10 @@ def build_middle_block(
     )
 
 
+def _maybe_zero(module: nn.Module, zero: bool) -> nn.Module:
+    return zero_module(module) if zero else module
+
+
 class UNetModel(nn.Module):
     """SD1.5 UNet predicting eps (Rombach et al. 2022); optional residuals added to the middle output and skips.
 
@@ -165,7 +169,11 @@ class UNetModel(nn.Module):
         dropout: float = 0.0,
         use_checkpoint: bool = False,
         use_linear_in_transformer: bool = False,
+        zero_init_out: bool = True,
     ) -> None:
+        """``zero_init_out``: zero-initialise the output conv, as ldm does (pretrained weights replace it). A frozen
+        UNet that keeps random weights (the tiny demo) needs False, or eps is 0 and no gradient reaches the adapter.
+        """
         super().__init__()
         self.in_channels = in_channels
         self.model_channels = model_channels
@@ -226,7 +234,9 @@ class UNetModel(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         self.out = nn.Sequential(
-            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1))
+            normalization(ch),
+            nn.SiLU(),
+            _maybe_zero(nn.Conv2d(model_channels, out_channels, 3, padding=1), zero_init_out),
         )
 
     def _encoder_frozen(self) -> bool:
