@@ -126,3 +126,22 @@ def test_unwritable_output_directory_fails_first(setup, tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(SystemExit, match="cannot write to"):
         eval_pose.main(argv(root, ckpt, blocker / "sub"))
+
+
+def test_quality_metrics_from_the_same_command(setup, tmp_path):
+    import torchvision
+
+    root, ckpt = setup
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+    inception = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(net.state_dict(), inception)
+    config = tmp_path / "metrics.yaml"
+    config.write_text(
+        Path(TINY_METRICS).read_text().replace("inception: null", f"inception: {inception}") + "  kid_subset_size: 2\n"
+    )
+    args = argv(root, ckpt, tmp_path / "o", "--metrics", "all", "--limit", "3")
+    args[args.index("--config_metrics") + 1] = str(config)
+    eval_pose.main(args)
+    quality = metrics(tmp_path / "o")["quality"]
+    assert quality["fid_pooled"] is not None and quality["fid_pooled"] >= 0
+    assert set(quality["per_scene"]) and "pose" in metrics(tmp_path / "o")
