@@ -145,3 +145,28 @@ def test_quality_metrics_from_the_same_command(setup, tmp_path):
     quality = metrics(tmp_path / "o")["quality"]
     assert quality["fid_pooled"] is not None and quality["fid_pooled"] >= 0
     assert set(quality["per_scene"]) and "pose" in metrics(tmp_path / "o")
+
+
+def test_pose2img_from_npz_json_and_skeleton_image(setup, tmp_path):
+    import importlib.util
+
+    import numpy as np
+
+    root, ckpt = setup
+    spec = importlib.util.spec_from_file_location("pose2img", ROOT / "scripts/pose2img.py")
+    pose2img = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pose2img)
+    npz = sorted((root / "data/pose").rglob("*.npz"))[0]
+    people = np.load(npz, allow_pickle=True)["arr_0"]
+    coco = tmp_path / "pose.json"
+    coco.write_text(
+        json.dumps({"annotations": [{"keypoints": np.asarray(p["keypoints"]).ravel().tolist()} for p in people]})
+    )
+    common = ["--config", TINY, "--ckpt", str(ckpt), "--prompt", "a dancer", "--steps", "2", "--device", "cpu"]
+    for i, pose in enumerate([npz, coco]):
+        assert pose2img.main([*common, "--pose", str(pose), "--out", str(tmp_path / f"o{i}")]) == 0
+        assert (tmp_path / f"o{i}/sample_00.png").is_file() and (tmp_path / f"o{i}/overlay_00.png").is_file()
+    assert pose2img.main([*common, "--pose", str(tmp_path / "o0/pose.png"), "--out", str(tmp_path / "o2")]) == 0
+    assert (tmp_path / "o2/sample_00.png").is_file()
+    with pytest.raises(SystemExit, match="unsupported file type"):
+        pose2img.main([*common, "--pose", str(tmp_path / "pose.txt"), "--out", str(tmp_path / "o3")])
