@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config_model", nargs="+", required=True, help="model YAML file(s), as for train.py")
     p.add_argument("--ckpt", required=True, help="checkpoint to evaluate (train.py output or the released file)")
-    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--batch_size", type=int, default=4, help="images generated per forward")
+    p.add_argument(
+        "--metric_batch_size", type=int, default=4, help="batch of the per-batch AP rows (ap_batch_mean); 4 as released"
+    )
     p.add_argument("--ddim_steps", type=int, default=50)
     p.add_argument("--ddim_eta", type=float, default=0.0)
     p.add_argument("--scale", type=float, default=9.0, help="classifier-free guidance scale")
@@ -297,10 +300,15 @@ def save_panel(out_dir: Path, sample: dict, image: np.ndarray, render_skeleton, 
 
 # ---------------------------------------------------------------------------------------------- scoring
 def score(args, config, metrics_config, out_dir: Path, ids: list[str]) -> dict[str, Any]:
-    """Merge all shards and compute the metrics over the whole set; write metrics.json and metrics.csv."""
+    """Merge all shards and compute the metrics over the whole set; write metrics.json and metrics.csv.
+
+    ``ids`` is in map-file order: whole-set metrics do not depend on it, the per-batch rows (``*_batch_mean``)
+    follow it, as the released DataLoader (shuffle off) did.
+    """
     from grpose.eval_results import merge_results
 
-    records = merge_results(out_dir, ids)
+    position = {entry_id: i for i, entry_id in enumerate(ids)}
+    records = sorted(merge_results(out_dir, ids), key=lambda r: position[r["id"]])
     metrics: dict[str, Any] = {
         "protocol": args.protocol,
         "num_images": len(records),
@@ -309,6 +317,7 @@ def score(args, config, metrics_config, out_dir: Path, ids: list[str]) -> dict[s
         "seed": args.seed,
         "ddim_steps": args.ddim_steps,
         "scale": args.scale,
+        "metric_batch_size": args.metric_batch_size,
     }
     if args.metrics in ("pose", "all"):
         from grpose.metrics.pose import evaluate_pose_alignment, per_scene
@@ -324,7 +333,7 @@ def score(args, config, metrics_config, out_dir: Path, ids: list[str]) -> dict[s
         heights = [r["height"] for r in records]
         widths = [r["width"] for r in records]
         ids = [r["id"] for r in records]
-        common = dict(protocol=args.protocol, batch_size=args.batch_size, image_ids=ids)
+        common = dict(protocol=args.protocol, batch_size=args.metric_batch_size, image_ids=ids)
         metrics["pose"] = evaluate_pose_alignment(gt, dets, heights, widths, **common)
         metrics["pose_per_scene"] = per_scene([r["scene"] for r in records], gt, dets, heights, widths, **common)
     if args.metrics in ("quality", "all"):
@@ -402,8 +411,8 @@ def run_rank(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, 
     metrics = None
     if rank == 0:
         mapping = json.loads(Path(test_dataset_params(args, config)["mapping_file"]).read_text())
-        ids = sorted(mapping)[: args.limit] if args.limit else sorted(mapping)
-        metrics = score(args, config, metrics_config, out_dir, ids)
+        chosen = set(sorted(mapping)[: args.limit] if args.limit else mapping)
+        metrics = score(args, config, metrics_config, out_dir, [i for i in mapping if i in chosen])
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
