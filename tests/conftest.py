@@ -10,7 +10,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
