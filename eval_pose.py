@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from grpose.config import ConfigError, instantiate, load_config
 
 log = logging.getLogger("grpose.eval")
-DEFAULT_METRICS_CONFIG = "configs/eval/metrics.yaml"
+DEFAULT_METRICS_CONFIG = str(Path(__file__).resolve().parent / "configs/eval/metrics.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:
