@@ -31,7 +31,13 @@ DEFAULT_METRICS_CONFIG = str(Path(__file__).resolve().parent / "configs/eval/met
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config_model", nargs="+", required=True, help="model YAML file(s), as for train.py")
-    p.add_argument("--ckpt", required=True, help="checkpoint to evaluate (train.py output or the released file)")
+    p.add_argument("--ckpt", default=None, help="checkpoint to evaluate (train.py output or the released file)")
+    p.add_argument(
+        "--images_dir",
+        default=None,
+        help="score existing generated images instead of sampling: <dir>/<scene>/<name>.{jpg,png}, plain images or "
+        "eval panels (the first square is used); no --ckpt needed",
+    )
     p.add_argument("--batch_size", type=int, default=4, help="images generated per forward")
     p.add_argument(
         "--metric_batch_size", type=int, default=4, help="batch of the per-batch AP rows (ap_batch_mean); 4 as released"
@@ -61,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------- set-up
 def output_dir(args: argparse.Namespace) -> Path:
     model_name = Path(args.config_model[-1]).parent.name or "model"
-    run = args.run or Path(args.ckpt).stem
+    run = args.run or (Path(args.ckpt).stem if args.ckpt else Path(args.images_dir).resolve().name)
     return Path(args.outdir) / model_name / run
 
 
@@ -95,7 +101,13 @@ def preflight(args: argparse.Namespace, config: DictConfig, metrics_config: Dict
         probe.unlink()
     except OSError as err:
         raise SystemExit(f"--outdir: cannot write to {out_dir}: {err}; choose a writable directory") from err
-    check_checkpoint_fits(args, config)
+    if args.images_dir:
+        if not Path(args.images_dir).is_dir():
+            raise SystemExit(f"--images_dir: not a directory: {args.images_dir}")
+    elif not args.ckpt:
+        raise SystemExit("pass --ckpt (a checkpoint to sample with) or --images_dir (generated images to score)")
+    else:
+        check_checkpoint_fits(args, config)
     if args.base_model and not Path(args.base_model).is_file():
         raise SystemExit(f"--base_model: checkpoint not found: {args.base_model}")
     if args.metrics in ("pose", "all"):
@@ -231,7 +243,7 @@ def generate_shard(args, config, metrics_config, out_dir: Path, rank: int, world
     todo = [batch for batch in shard_batches(ids, args.batch_size, rank, world_size) if not set(batch) <= done]
     if not todo:
         return
-    model = load_model(args, config, device)
+    model = None if args.images_dir else load_model(args, config, device)
     estimator = None
     if args.metrics in ("pose", "all"):
         params = {"channel_order": "bgr" if args.protocol == "released" else "rgb", "device": str(device)}
@@ -240,6 +252,13 @@ def generate_shard(args, config, metrics_config, out_dir: Path, rank: int, world
     bar = tqdm(total=sum(map(len, todo)), desc=f"rank {rank}", unit="img", disable=rank != 0, dynamic_ncols=True)
     for batch_ids in todo:  # a partly written batch (killed run) is regenerated whole, its done records not rewritten
         samples = [dataset[index_of[i]] for i in batch_ids]
+        if args.images_dir:
+            generated = np.stack([load_generated(Path(args.images_dir), s) for s in samples])
+            people = estimator(list(generated)) if estimator is not None else [None] * len(samples)
+            append_results(results_path, [record_of(s, g, d, args) for s, g, d in zip(samples, generated, people)
+                                          if s["id"] not in done])  # fmt: skip
+            bar.update(len(batch_ids))
+            continue
         hint = torch.stack([torch.from_numpy(s["hint"]) for s in samples]).permute(0, 3, 1, 2).to(device)
         noise = torch.stack(
             [
@@ -261,29 +280,57 @@ def generate_shard(args, config, metrics_config, out_dir: Path, rank: int, world
         people = estimator(list(generated)) if estimator is not None else [None] * len(samples)
         records = []
         for sample, image, detected in zip(samples, generated, people):
-            gt = sample["pose"]
-            gt_rows = gt[(gt[:, :, 0] > 0).any(axis=1)]
-            record = {
-                "id": sample["id"],
-                "scene": sample["scene"],
-                "img_path": sample["img_path"],
-                "prompt": sample["txt"],
-                "seed": image_seed(args.seed, sample["id"]),
-                "height": int(image.shape[0]),
-                "width": int(image.shape[1]),
-                "gt": np.asarray(gt, dtype=np.float32).round(3).tolist(),
-                "num_gt": int(len(gt_rows)),
-            }
-            if detected is not None:
-                record["detections"] = detections_to_json(detected)
-                record["num_det"] = len(record["detections"]["scores"])
             if not args.no_panels:
                 save_panel(out_dir, sample, image, render_skeleton, args)
             if sample["id"] not in done:
-                records.append(record)
+                records.append(record_of(sample, image, detected, args))
         append_results(results_path, records)
         bar.update(len(batch_ids))
     bar.close()
+
+
+def record_of(sample: dict[str, Any], image: np.ndarray, detected: dict | None, args) -> dict[str, Any]:
+    """One results.jsonl line: the entry, its seed, the ground-truth poses and the detections."""
+    from grpose.eval_results import image_seed
+
+    gt = sample["pose"]
+    record = {
+        "id": sample["id"],
+        "scene": sample["scene"],
+        "img_path": sample["img_path"],
+        "prompt": sample["txt"],
+        "seed": image_seed(args.seed, sample["id"]),
+        "height": int(image.shape[0]),
+        "width": int(image.shape[1]),
+        "gt": np.asarray(gt, dtype=np.float32).round(3).tolist(),
+        "num_gt": int((gt[:, :, 0] > 0).any(axis=1).sum()),
+    }
+    if detected is not None:
+        record["detections"] = detections_to_json(detected)
+        record["num_det"] = len(record["detections"]["scores"])
+    return record
+
+
+def load_generated(images_dir: Path, sample: dict[str, Any]) -> np.ndarray:
+    """The generated image of an entry from ``images_dir/<scene>/<name>.*`` as uint8 RGB at the test image size.
+
+    An eval panel (width = 4 x height) is cut to its first square; other sizes are resized to the dataset's crop
+    size, in whose coordinates the ground-truth poses are.
+    """
+    from PIL import Image
+
+    stem = Path(sample["img_path"]).stem
+    candidates = [images_dir / sample["scene"] / f"{stem}{ext}" for ext in (".jpg", ".png", ".jpeg", ".webp")]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise SystemExit(f"--images_dir: no generated image for entry {sample['id']} (looked for {candidates[0]})")
+    image = Image.open(path).convert("RGB")
+    if image.width == 4 * image.height:
+        image = image.crop((0, 0, image.height, image.height))
+    size = sample["jpg"].shape[0]
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(image)
 
 
 def save_panel(out_dir: Path, sample: dict, image: np.ndarray, render_skeleton, args) -> None:

@@ -170,3 +170,17 @@ def test_pose2img_from_npz_json_and_skeleton_image(setup, tmp_path):
     assert (tmp_path / "o2/sample_00.png").is_file()
     with pytest.raises(SystemExit, match="unsupported file type"):
         pose2img.main([*common, "--pose", str(tmp_path / "pose.txt"), "--out", str(tmp_path / "o3")])
+
+
+def test_scores_existing_images_without_a_checkpoint(setup, tmp_path):
+    root, ckpt = setup
+    eval_pose.main(argv(root, ckpt, tmp_path / "gen", "--limit", "3"))
+    images = tmp_path / "gen/grpose/r/images"
+    args = argv(root, ckpt, tmp_path / "score", "--limit", "3", "--images_dir", str(images))
+    del args[args.index("--ckpt") : args.index("--ckpt") + 2]
+    eval_pose.main(args)
+    scored = records(tmp_path / "score")
+    assert sorted(scored) == sorted(records(tmp_path / "gen")) and all("detections" in r for r in scored.values())
+    assert metrics(tmp_path / "score")["num_images"] == 3
+    with pytest.raises(SystemExit, match="pass --ckpt"):
+        eval_pose.main([a for a in args if a not in ("--images_dir", str(images))])
