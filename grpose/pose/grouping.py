@@ -243,6 +243,22 @@ def gaussian_blur3(maps: np.ndarray) -> np.ndarray:
     return np.float32(0.5) * p[..., 1:-1, :] + np.float32(0.25) * (p[..., :-2, :] + p[..., 2:, :])
 
 
+def _dark_newton_step(coords: np.ndarray, taps: tuple[np.ndarray, ...], n: int, k: int) -> np.ndarray:
+    """One Newton step of DARK/UDP: coords -= H^-1 · gradient, from the 7 log-map taps around each joint
+    (centre, +x, +y, +x+y, -x-y, -x, -y; each (n*k, 1)), with mmpose's finite differences."""
+    i_, ix1, iy1, ix1y1, ix1_y1_, ix1_, iy1_ = taps
+    dx = 0.5 * (ix1 - ix1_)
+    dy = 0.5 * (iy1 - iy1_)
+    derivative = np.concatenate([dx, dy], axis=1).reshape(n, k, 2, 1)
+    dxx = ix1 - 2 * i_ + ix1_
+    dyy = iy1 - 2 * i_ + iy1_
+    dxy = 0.5 * (ix1y1 - ix1 - iy1 + i_ + i_ - ix1_ - iy1_ + ix1_y1_)
+    hessian = np.concatenate([dxx, dxy, dxy, dyy], axis=1).reshape(n, k, 2, 2)
+    hessian = np.linalg.inv(hessian + np.finfo(np.float32).eps * np.eye(2))
+    coords -= np.einsum("ijmn,ijnk->ijmk", hessian, derivative).squeeze()
+    return coords
+
+
 def post_dark_udp(coords: np.ndarray, heatmaps: np.ndarray, kernel: int = 3) -> np.ndarray:
     """UDP's DARK refinement (reference §2.5 'Adjust'): Newton step on the log of the blurred heatmaps.
 
@@ -268,16 +284,7 @@ def post_dark_udp(coords: np.ndarray, heatmaps: np.ndarray, kernel: int = 3) -> 
     ix1_y1_ = pad[index - w - 3]
     ix1_ = pad[index - 1]
     iy1_ = pad[index - 2 - w]
-    dx = 0.5 * (ix1 - ix1_)
-    dy = 0.5 * (iy1 - iy1_)
-    derivative = np.concatenate([dx, dy], axis=1).reshape(n, k, 2, 1)
-    dxx = ix1 - 2 * i_ + ix1_
-    dyy = iy1 - 2 * i_ + iy1_
-    dxy = 0.5 * (ix1y1 - ix1 - iy1 + i_ + i_ - ix1_ - iy1_ + ix1_y1_)
-    hessian = np.concatenate([dxx, dxy, dxy, dyy], axis=1).reshape(n, k, 2, 2)
-    hessian = np.linalg.inv(hessian + np.finfo(np.float32).eps * np.eye(2))
-    coords -= np.einsum("ijmn,ijnk->ijmk", hessian, derivative).squeeze()
-    return coords
+    return _dark_newton_step(coords, (i_, ix1, iy1, ix1y1, ix1_y1_, ix1_, iy1_), n, k)
 
 
 def post_dark_udp_local(coords: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
@@ -310,16 +317,7 @@ def post_dark_udp_local(coords: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
     np.clip(vals, 0.001, 50, out=vals)
     np.log(vals, out=vals)
     i_, ix1, iy1, ix1y1, ix1_y1_, ix1_, iy1_ = (vals[:, j : j + 1] for j in range(7))
-    dx = 0.5 * (ix1 - ix1_)
-    dy = 0.5 * (iy1 - iy1_)
-    derivative = np.concatenate([dx, dy], axis=1).reshape(n, k, 2, 1)
-    dxx = ix1 - 2 * i_ + ix1_
-    dyy = iy1 - 2 * i_ + iy1_
-    dxy = 0.5 * (ix1y1 - ix1 - iy1 + i_ + i_ - ix1_ - iy1_ + ix1_y1_)
-    hessian = np.concatenate([dxx, dxy, dxy, dyy], axis=1).reshape(n, k, 2, 2)
-    hessian = np.linalg.inv(hessian + np.finfo(np.float32).eps * np.eye(2))
-    coords -= np.einsum("ijmn,ijnk->ijmk", hessian, derivative).squeeze()
-    return coords
+    return _dark_newton_step(coords, (i_, ix1, iy1, ix1y1, ix1_y1_, ix1_, iy1_), n, k)
 
 
 def adjust_quarter(people: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
