@@ -203,3 +203,14 @@ def test_ctrl_c_leaves_a_resumable_last_ckpt(tmp_path, synthetic):
     assert step >= 0
     run_train(tmp_path, synthetic, "--resume", str(last), "--max_steps", str(step + 1))
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == step + 1
+
+
+def test_train_creates_the_configured_synthetic_dataset(tmp_path):
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create({"synthetic_data": {"out": str(tmp_path / "syn"), "num": 6, "seed": 3}})
+    train.ensure_synthetic_data(config)
+    first = (tmp_path / "syn/mapping_file_training.json").read_text()
+    assert (tmp_path / "syn/mapping_file_validation.json").is_file()
+    train.ensure_synthetic_data(config)  # present: left as it is
+    assert (tmp_path / "syn/mapping_file_training.json").read_text() == first
