@@ -92,11 +92,13 @@ def test_dataset_params(args: argparse.Namespace, config: DictConfig) -> dict[st
     return params
 
 
-def preflight(args: argparse.Namespace, config: DictConfig, metrics_config: DictConfig, out_dir: Path) -> None:
+def preflight(
+    args: argparse.Namespace, config: DictConfig, metrics_config: DictConfig, out_dir: Path, rank: int = 0
+) -> None:
     """Fail clearly, before any long work: unwritable output, missing weights, broken map file entries."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write_test"
+        probe = out_dir / f".write_test.rank{rank}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
@@ -484,8 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = output_dir(args)
     under_launcher = "WORLD_SIZE" in os.environ and "RANK" in os.environ
     rank = int(os.environ.get("RANK", 0))
-    if rank == 0:
-        preflight(args, config, metrics_config, out_dir)
+    preflight(args, config, metrics_config, out_dir, rank)  # every rank: a failure must not leave others waiting
     if under_launcher:
         metrics = run_rank(rank, int(os.environ["WORLD_SIZE"]), args)
     elif args.devices > 1:
