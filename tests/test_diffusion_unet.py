@@ -182,3 +182,30 @@ def test_build_input_blocks_resblock_factory():
     assert [r[0] for r in replaced] == [1, 4, 7, 10]
     assert replaced[1] == (4, 1, 32, 64)
     assert (ch, ds) == (64, 8)
+
+
+def test_frozen_unet_checkpoints_its_decoder_for_the_adapter_gradient(monkeypatch):
+    """A frozen UNet stays in eval mode, yet backpropagates to the residuals: use_checkpoint must apply there."""
+    import grpose.diffusion.blocks as blocks
+
+    torch.manual_seed(0)
+    plain = UNetModel(**TINY).eval().requires_grad_(False)
+    _randomize(plain)
+    ckpt = UNetModel(**TINY, use_checkpoint=True).eval().requires_grad_(False)
+    ckpt.load_state_dict(plain.state_dict())
+    x, t, context = _inputs(batch=1)
+    calls = []
+    real = blocks.checkpoint
+    monkeypatch.setattr(blocks, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    grads = []
+    for model in (plain, ckpt):
+        control = [r.requires_grad_(True) for r in _residuals(model, x)]
+        model(x, t, context, control=control).square().mean().backward()
+        grads.append([c.grad for c in control])
+    assert calls, "the frozen decoder was not checkpointed"
+    for g1, g2 in zip(*grads):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        calls.clear()
+        ckpt(x, t, context)
+    assert not calls  # inference never recomputes

@@ -42,8 +42,14 @@ def normalization(channels: int) -> GroupNorm32:
 
 
 def maybe_checkpoint(module: nn.Module, use_checkpoint: bool, fn, *args):
-    """Run ``fn(*args)`` with activation checkpointing when enabled, training and autograd is recording."""
-    if use_checkpoint and module.training and torch.is_grad_enabled():
+    """Run ``fn(*args)`` with activation checkpointing when enabled and autograd is recording for this block.
+
+    That is when the module trains, or when an input requires grad: the frozen UNet's decoder stays in eval mode
+    but backpropagates to the adapter's residuals, and its activations are what checkpointing saves (as ldm's
+    ``checkpoint`` did, which looked at the flag only). Inference under no_grad never recomputes.
+    """
+    wants_grad = module.training or any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    if use_checkpoint and torch.is_grad_enabled() and wants_grad:
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
 
