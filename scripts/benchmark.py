@@ -41,11 +41,10 @@ for _path in (ROOT, ROOT / "scripts"):
 from benchmark_data import benchmark_dataset, make_benchmark_images  # noqa: E402
 from benchmark_graph import benchmark_gcn  # noqa: E402
 from benchmark_pose import benchmark_pose_estimator  # noqa: E402
+from benchmark_report import SECTIONS, check_targets, print_report, row_text  # noqa: E402
 
 from grpose.config import instantiate, load_config  # noqa: E402
 
-SECTIONS = ("train", "sample", "pose", "graph", "data", "eval")
-REPORTS = (*SECTIONS, "targets", "section_wall_s")
 TINY = ROOT / "configs/grpose/tiny.yaml"
 REAL = ROOT / "configs/grpose/humanart.yaml"
 REAL_POSELOSS = ROOT / "configs/grpose/humanart_poseloss.yaml"
@@ -58,7 +57,7 @@ CHECKPOINT_OVERRIDES = (
     "model.params.unet.params.use_checkpoint=true",
     "model.params.adapter.params.use_checkpoint=true",
 )
-# The real configs enable checkpointing (as released): "off" must say so explicitly.
+# The real configs checkpoint the adapter (as released): "off" must say so explicitly.
 NO_CHECKPOINT_OVERRIDES = (
     "model.params.unet.params.use_checkpoint=false",
     "model.params.adapter.params.use_checkpoint=false",
@@ -329,7 +328,7 @@ def bench_train(
         del batch
         _free(device)
         rows.append(row)
-        print("  " + _row_text(row), flush=True)
+        print("  " + row_text(row), flush=True)
     return rows  # the caller frees the device memory once model and optimizer are out of scope
 
 
@@ -405,7 +404,7 @@ def bench_sample(
                     raise
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             rows.append(row)
-            print("  " + _row_text(row), flush=True)
+            print("  " + row_text(row), flush=True)
             del batch, hint, noise
             _free(device)
             if "error" in row and variant == "compiled":
@@ -448,7 +447,7 @@ def bench_graph(device: torch.device, smoke: bool) -> list[dict[str, Any]]:
             "max_abs_diff": res.get("max_abs_diff_vs_naive"),
         }
         rows.append(row)
-        print("  " + _row_text(row), flush=True)
+        print("  " + row_text(row), flush=True)
         _free(device)
     return rows
 
@@ -537,7 +536,7 @@ def run_suite(suite: str, sections: Sequence[str], smoke: bool, compile_model: b
         started["pose"] = time.perf_counter()
         print(f"[{suite}] pose estimator (HigherHRNet-W48)", flush=True)
         out["pose"] = bench_pose(device, smoke)
-        print("  " + _row_text(out["pose"]), flush=True)
+        print("  " + row_text(out["pose"]), flush=True)
     if "graph" in sections:
         started["graph"] = time.perf_counter()
         print(f"[{suite}] graph layer (GCN vs gather EdgeConv)", flush=True)
@@ -546,7 +545,7 @@ def run_suite(suite: str, sections: Sequence[str], smoke: bool, compile_model: b
         started["data"] = time.perf_counter()
         print(f"[{suite}] data (one worker, 512 px)", flush=True)
         out["data"] = bench_data(smoke)
-        print("  " + _row_text(out["data"]), flush=True)
+        print("  " + row_text(out["data"]), flush=True)
     if "eval" in sections and "sample" in out:
         name = "SD1.5-size GRPose, bf16, this GPU" if gpu else "TINY model at 64 px on CPU (not the real model)"
         out["eval"] = eval_estimate(out["sample"], out.get("pose"), name)
@@ -555,68 +554,6 @@ def run_suite(suite: str, sections: Sequence[str], smoke: bool, compile_model: b
     marks = [*started.items(), ("end", time.perf_counter())]
     out["section_wall_s"] = {name: marks[i + 1][1] - t for i, (name, t) in enumerate(marks[:-1])}
     return out
-
-
-def check_targets(out: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue #7 targets at batch 6, 512 px, bf16: training MFU >= 40 % and peak < 40 GB (no pose loss); >= 1 img/s."""
-    rows = []
-    for row in out.get("train", []):
-        if row["batch"] == 6 and not row["pose_loss"]:
-            mfu, peak = row.get("mfu"), row.get("peak_memory_gib")
-            rows.append(
-                {
-                    "target": f"train b6 ckpt={row['checkpointing']}: MFU >= 0.40, peak < 40 GB",
-                    "measured": f"MFU {_fmt(mfu)}, peak {_fmt(peak)} GiB",
-                    "met": mfu is not None and peak is not None and mfu >= 0.40 and peak * 2**30 < 40e9,
-                }
-            )
-    rates = [r for r in out.get("sample", []) if "images_per_s" in r]
-    for row in rates:
-        rows.append(
-            {
-                "target": f"DDIM-50 + CFG b{row['batch']} {row['variant']}: >= 1 image/s",
-                "measured": f"{row['images_per_s']:.3g} images/s",
-                "met": row["images_per_s"] >= 1.0,
-            }
-        )
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------- output
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, int) and abs(value) >= 10**6:
-        return f"{value:.3e}"
-    return str(value)
-
-
-def _row_text(row: dict[str, Any]) -> str:
-    return " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if not isinstance(v, list | dict))
-
-
-def format_table(rows: list[dict[str, Any]], skip: Sequence[str] = ("times_s",)) -> str:
-    """A plain-text table of dict rows (the union of keys, scalars only)."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k, v in row.items() if k not in columns and k not in skip and not isinstance(v, list | dict)]
-    cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
-
-
-def print_report(result: dict[str, Any]) -> None:
-    print("\n== machine")
-    print(format_table([result["machine"]]))
-    for section in REPORTS:
-        for suite, value in result.get(section, {}).items():
-            print(f"\n== {section} [{suite}]")
-            print(format_table(value if isinstance(value, list) else [value]))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
