@@ -10,7 +10,7 @@ from torch import nn
 from grpose.adapter.controlnet import ControlEncoder
 from grpose.adapter.pgi import PGI
 from grpose.adapter.pose_encoder import PoseEncoder
-from grpose.diffusion.blocks import ContextBlock, TimestepBlock
+from grpose.diffusion.blocks import apply_layer
 
 
 def first_resblock_indices(num_res_blocks: int, num_levels: int) -> dict[int, int]:
@@ -27,14 +27,7 @@ def run_block(
 ) -> torch.Tensor:
     """Apply an input block's layers; a PGI also gets the pose feature of its level."""
     for layer in block:
-        if isinstance(layer, PGI):
-            h = layer(h, emb, pose)
-        elif isinstance(layer, TimestepBlock):
-            h = layer(h, emb)
-        elif isinstance(layer, ContextBlock):
-            h = layer(h, context)
-        else:
-            h = layer(h)
+        h = layer(h, emb, pose) if isinstance(layer, PGI) else apply_layer(layer, h, emb, context)
     return h
 
 

@@ -68,17 +68,21 @@ class ContextBlock(nn.Module):
         raise NotImplementedError
 
 
+def apply_layer(layer: nn.Module, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """Call one block layer with what it takes: ``emb`` for TimestepBlocks, ``context`` for ContextBlocks."""
+    if isinstance(layer, TimestepBlock):
+        return layer(x, emb)
+    if isinstance(layer, ContextBlock):
+        return layer(x, context)
+    return layer(x)
+
+
 class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
     """Sequential container that hands ``emb`` to TimestepBlocks and ``context`` to ContextBlocks."""
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
-            if isinstance(layer, TimestepBlock):
-                x = layer(x, emb)
-            elif isinstance(layer, ContextBlock):
-                x = layer(x, context)
-            else:
-                x = layer(x)
+            x = apply_layer(layer, x, emb, context)
         return x
 
 
