@@ -26,17 +26,10 @@ from torch import nn
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grpose.checkpoint import DEFAULT_IGNORED_PATTERNS, CheckpointError, read_state_dict, save_state_dict
+from grpose.checkpoint import CheckpointError, read_state_dict, save_state_dict
 from grpose.config import instantiate, load_config
 from grpose.diffusion.schedule import make_beta_schedule, schedule_buffers
-
-PART_PREFIXES: dict[str, str] = {
-    "unet": "model.diffusion_model.",
-    "vae": "first_stage_model.",
-    "text_encoder": "cond_stage_model.",
-    "adapter": "control_model.",
-}
-SD_PARTS: tuple[str, ...] = ("unet", "vae", "text_encoder")
+from grpose.init_weights import PART_PREFIXES, SD_PARTS, check_sd_parts, plan_adapter_init, shape_of
 
 
 class SafetensorsStateDict(Mapping):
@@ -77,14 +70,6 @@ def open_state_dict(path: str | Path) -> Mapping[str, torch.Tensor]:
     return read_state_dict(path, what="Stable Diffusion 1.5 checkpoint (ldm key layout), e.g. v1-5-pruned.ckpt")
 
 
-def _shape(sd: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
-    return sd.shape(key) if isinstance(sd, SafetensorsStateDict) else tuple(sd[key].shape)
-
-
-def _ignored(key: str) -> bool:
-    return any(key.startswith(p) or p in key for p in DEFAULT_IGNORED_PATTERNS)
-
-
 def build_parts(model_params: Any, device: str | torch.device | None = None) -> dict[str, nn.Module]:
     """Instantiate the unet / vae / text_encoder / adapter nodes of a config's ``model.params`` (on ``device``)."""
     parts = {}
@@ -97,38 +82,6 @@ def build_parts(model_params: Any, device: str | torch.device | None = None) -> 
         with torch.device(device) if device is not None else contextlib.nullcontext():
             parts[name] = instantiate(node, f"model.params.{name}")
     return parts
-
-
-def check_sd_parts(parts: Mapping[str, nn.Module], sd: Mapping[str, torch.Tensor]) -> None:
-    """Fail naming the first keys of UNet / VAE / text encoder that the SD file lacks or has in another shape."""
-    problems = []
-    for name in SD_PARTS:
-        prefix = PART_PREFIXES[name]
-        for key, value in parts[name].state_dict().items():
-            full = prefix + key
-            if full not in sd:
-                if not _ignored(full):
-                    problems.append(f"{full}: missing from the file (model {tuple(value.shape)})")
-            elif _shape(sd, full) != tuple(value.shape):
-                problems.append(f"{full}: file {_shape(sd, full)} vs model {tuple(value.shape)}")
-    if problems:
-        shown = "\n  ".join(problems[:10])
-        raise CheckpointError(
-            f"the SD checkpoint does not fit the config's backbone: {len(problems)} key(s) missing or mismatched, "
-            f"first ones:\n  {shown}\nIs it a checkpoint of another architecture (e.g. SD2 instead of SD1.5), or "
-            "does the config's unet/vae/text_encoder block not match the file (configs/sd15.yaml)?"
-        )
-
-
-def plan_adapter_init(
-    adapter_shapes: Mapping[str, tuple[int, ...]], sd_shape: Mapping[str, tuple[int, ...]]
-) -> tuple[list[str], list[str]]:
-    """(copied, fresh) adapter keys: copied iff ``model.diffusion_model.<key>`` exists with the same shape."""
-    copied, fresh = [], []
-    for key, shape in adapter_shapes.items():
-        twin = PART_PREFIXES["unet"] + key
-        (copied if sd_shape.get(twin) == tuple(shape) else fresh).append(key)
-    return copied, fresh
 
 
 def _assign_from_file(module: nn.Module, prefix: str, sd: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -176,7 +129,7 @@ def prepare_weights(
     adapter = instantiate(params.adapter, "model.params.adapter")  # the only part built with real (fresh) init
     adapter_state = adapter.state_dict()
     twins = [PART_PREFIXES["unet"] + k for k in adapter_state if PART_PREFIXES["unet"] + k in sd]
-    sd_shapes = {k: _shape(sd, k) for k in twins}
+    sd_shapes = {k: shape_of(sd, k) for k in twins}
     to_copy, fresh = plan_adapter_init({k: tuple(v.shape) for k, v in adapter_state.items()}, sd_shapes)
     with torch.no_grad():
         for key in to_copy:

@@ -121,7 +121,8 @@ def ensure_synthetic_data(config: DictConfig) -> None:
     from grpose.data.synthetic import make_synthetic_dataset
 
     log.info("creating the synthetic dataset in %s", out)
-    make_synthetic_dataset(out, spec.num, seed=spec.get("seed", 0))
+    extra = {k: tuple(v) if k == "image_size" else v for k, v in spec.items() if k in ("image_size", "val_fraction")}
+    make_synthetic_dataset(out, spec.num, seed=spec.get("seed", 0), **extra)
 
 
 def load_control_ckpt(model, path: str) -> None:
@@ -133,6 +134,56 @@ def load_control_ckpt(model, path: str) -> None:
     except CheckpointError as err:
         raise SystemExit(f"--control_ckpt {path}: {err}") from err
     log.info("loaded %s: %s", path, report.summary())
+
+
+BASE_WEIGHTS_WHAT = (
+    "base model weights in the ldm layout (SD1.5: models/v1-5-pruned.ckpt; the lab's base model: "
+    "python scripts/lab_pretrain.py --stage autoencoder, then --stage unet; see docs/lab.md)"
+)
+
+
+def load_base_weights(model, paths: list[str]) -> None:
+    """Initialise from the base model files of config key ``base_weights`` (the lab's stand-in for SD1.5): frozen
+    parts strictly, the adapter's encoder copy from the UNet, as ``prepare_weights.py`` does for SD1.5."""
+    from grpose.checkpoint import CheckpointError, read_state_dict
+    from grpose.init_weights import init_from_base
+
+    state_dict = {}
+    try:
+        for path in paths:
+            state_dict.update(read_state_dict(path, config_key="base_weights", what=BASE_WEIGHTS_WHAT))
+        copied = init_from_base(model, state_dict, source=", ".join(paths))
+    except CheckpointError as err:
+        raise SystemExit(f"base_weights: {err}") from err
+    log.info("base weights from %s: copied %s keys", ", ".join(paths), copied)
+
+
+def final_evaluation(model, config: DictConfig, run_dir: Path) -> dict:
+    """Pose AP of the trained model and of the base model alone on a fixed validation subset (config key
+    ``final_evaluation``), printed as a table and written to ``run_dir/final_evaluation.json``."""
+    import json
+
+    import torch
+
+    from grpose.data.pose_dataset import PoseDataset
+    from grpose.validation import generate_subset, score_subset, summary_row
+
+    spec = config.final_evaluation
+    dataset = PoseDataset(**{**config.data.params.validation.params, "train": False})
+    ids = list(dataset.ids)[: spec.num_images]
+    estimator = instantiate(spec.pose_estimator, "final_evaluation.pose_estimator")
+    model = model.to("cpu") if not torch.cuda.is_available() else model
+    rows = {}
+    for name, use_adapter in (("trained", True), ("base only", False)):
+        samples, images = generate_subset(model, dataset, ids, seed=spec.seed, num_steps=spec.ddim_steps,
+                                          guidance_scale=spec.guidance_scale, use_adapter=use_adapter)  # fmt: skip
+        rows[name] = summary_row(score_subset(samples, images, estimator))
+    (run_dir / "final_evaluation.json").write_text(json.dumps(rows, indent=1))
+    print(f"pose alignment on {len(ids)} validation images (DDIM {spec.ddim_steps}, CFG {spec.guidance_scale}):")
+    print(f"  {'':10s} {'AP':>6s} {'AP50':>6s} {'CAP':>6s} {'PCE':>6s}")
+    for name, row in rows.items():
+        print(f"  {name:10s} {row['ap']:6.3f} {row['ap50']:6.3f} {row['cap']:6.3f} {row['pce']:6.2f}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = run_directory(args)
     os.environ["GRPOSE_RUN_DIR"] = str(run_dir)
     model = instantiate(config.model, "model")
+    if config.get("base_weights") and not args.control_ckpt and not args.resume:
+        load_base_weights(model, list(config.base_weights))
     if args.control_ckpt and not args.resume:
         load_control_ckpt(model, args.control_ckpt)
     datamodule = instantiate(config.data, "data", recursive=False)  # datasets are built lazily by the DataModule
@@ -238,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.is_global_zero:
         last = ckpt_dir / "last.ckpt"
         print(f"run directory: {run_dir}\ncheckpoint:    {last}\nimage grids:   {run_dir / 'images'}")
+        if config.get("final_evaluation"):
+            final_evaluation(model, config, run_dir)
     return 0
 
 

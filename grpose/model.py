@@ -105,6 +105,10 @@ class GRPoseModel(pl.LightningModule):
         return self.model.diffusion_model
 
     @property
+    def latent_channels(self) -> int:
+        return self.unet.in_channels
+
+    @property
     def pose_feature_network(self) -> nn.Module | None:
         return self._pose_net[0] if self._pose_net else None
 
@@ -272,14 +276,16 @@ class GRPoseModel(pl.LightningModule):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        use_adapter: bool = True,
     ) -> torch.Tensor:
         """DDIM with classifier-free guidance (text only: the same hint in both branches, reference §11).
 
-        hint (B, 3, H, W) in [-1, 1]; returns images (B, 3, H, W) in [-1, 1].
+        hint (B, 3, H, W) in [-1, 1]; returns images (B, 3, H, W) in [-1, 1]. ``use_adapter=False`` samples the
+        frozen base model alone (the hint is then unused): the floor every pose-control number is compared with.
         """
         b, _, h, w = hint.shape
         if noise is None:
-            noise = torch.randn((b, 4, h // 8, w // 8), generator=generator, device=hint.device)
+            noise = torch.randn((b, self.latent_channels, h // 8, w // 8), generator=generator, device=hint.device)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         context = self.encode_text(prompts)
         uncond = None
@@ -288,6 +294,8 @@ class GRPoseModel(pl.LightningModule):
             uncond = self.encode_text([neg] * b)
 
         def denoiser(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+            if not use_adapter:
+                return self.unet(x, t, ctx)
             repeat = x.shape[0] // b  # 2 when cond and uncond run in one batch
             return self.apply_model(x, t, ctx, hint.repeat(repeat, 1, 1, 1))
 

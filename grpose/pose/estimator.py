@@ -69,6 +69,16 @@ ARCHS: dict[str, ArchSpec] = {
         with_heatmaps=(True,),
         with_ae=(True,),
     ),
+    # The lab's estimator (docs/lab.md §3): the MobileNetV2 AE architecture at a width set by the config.
+    "mobilenetv2_lab": ArchSpec(
+        "models/lab/pose_estimator.safetensors",
+        "lab pose estimator (MobileNetV2 AE; rebuild: python scripts/lab_pretrain.py --stage estimator)",
+        use_udp=False,
+        project2image=True,
+        align_corners=False,
+        with_heatmaps=(True,),
+        with_ae=(True,),
+    ),
 }
 
 
@@ -170,6 +180,9 @@ class BottomUpPoseEstimator:
         value_range: tuple[float, float] = (0.0, 1.0),
         quantize: bool = True,
         solver: Solver = munkres_1_1_4,
+        width_mult: float = 1.0,
+        head_channels: int = 256,
+        config_key: str | None = None,
     ) -> None:
         if arch not in ARCHS:
             raise ValueError(f"unknown pose arch {arch!r}; choose one of {sorted(ARCHS)}")
@@ -202,10 +215,10 @@ class BottomUpPoseEstimator:
             log.warning("pose model %s uses random weights (allow_random_init=True)", arch)
             with torch.random.fork_rng(devices=[]):  # the same random weights in every process and run
                 torch.manual_seed(0)
-                self.model = build_pose_model(arch)
+                self.model = build_pose_model(arch, width_mult, head_channels)
         else:
-            self.model = build_pose_model(arch)
-            load_mmpose_checkpoint(self.model, checkpoint, arch)
+            self.model = build_pose_model(arch, width_mult, head_channels)
+            load_mmpose_checkpoint(self.model, checkpoint, arch, config_key=config_key)
         self.model.eval().requires_grad_(False).to(self.device)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
@@ -333,22 +346,29 @@ class BottomUpPoseEstimator:
         return [self.group(heatmaps[i], tags[i], meta) for i, meta in enumerate(metas)]
 
 
-def build_pose_model(arch: str, width_mult: float = 1.0) -> nn.Module:
-    """The network of ``arch`` with random weights (mmpose state-dict layout)."""
+def build_pose_model(arch: str, width_mult: float = 1.0, head_channels: int = 256) -> nn.Module:
+    """The network of ``arch`` with random weights (mmpose state-dict layout); the widths apply to MobileNetV2."""
     if arch in HRNET_VARIANTS:
         return HigherHRNet(HRNET_VARIANTS[arch])
-    if arch == "mobilenetv2":
-        return MobileNetV2AE(width_mult)
+    if arch in ("mobilenetv2", "mobilenetv2_lab"):
+        return MobileNetV2AE(width_mult, head_channels=head_channels)
     raise ValueError(f"unknown pose arch {arch!r}")
 
 
-def load_mmpose_checkpoint(model: nn.Module, checkpoint: str | Path | dict, arch: str) -> None:
+def load_mmpose_checkpoint(
+    model: nn.Module, checkpoint: str | Path | dict, arch: str, config_key: str | None = None
+) -> None:
     """Load an mmpose 0.x checkpoint (file or state dict) strictly into a model of ``build_pose_model(arch)``."""
     spec = ARCHS.get(arch)
     if isinstance(checkpoint, dict):
         state_dict, source = checkpoint, "state dict"
     else:
-        state_dict = read_state_dict(checkpoint, what=spec.what if spec else None)
+        state_dict = read_state_dict(checkpoint, config_key=config_key, what=spec.what if spec else None)
         source = str(checkpoint)
     rename = rename_mmpose_key if isinstance(model, MobileNetV2AE) else None
-    load_state_dict_strict(model, state_dict, source=source, rename=rename)
+    try:
+        load_state_dict_strict(model, state_dict, source=source, rename=rename)
+    except CheckpointError as err:
+        where = f" (config key '{config_key}')" if config_key else ""
+        expected = f"; expected: {spec.what}" if spec else ""
+        raise CheckpointError(f"{err}\nIs it the right file{where}{expected}?") from err

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from grpose.checkpoint import CheckpointError, read_state_dict
@@ -32,9 +33,13 @@ class PoseFeatureNetwork(nn.Module):
         flip: bool = True,
         allow_random_init: bool = False,
         width_mult: float = 1.0,
+        input_size: int | None = None,
     ) -> None:
+        """``input_size``: resize the image (bilinear, differentiable) to the square size the network was trained
+        at (the lab's estimator runs 128-px images at 256); None keeps the image size, as released."""
         super().__init__()
         self.flip = flip
+        self.input_size = input_size
         self.backbone = build_mobilenetv2_backbone(width_mult)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -64,6 +69,8 @@ class PoseFeatureNetwork(nn.Module):
         """[-1,1] RGB (B,3,H,W) -> normalised (and flipped) network input, differentiable."""
         x01 = ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
         x = (x01 - self.mean) / self.std
+        if self.input_size is not None and tuple(x.shape[2:]) != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         return torch.flip(x, [3]) if self.flip else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,123 @@
+"""Lab stage 3: train the bottom-up pose estimator (MobileNetV2 + associative-embedding head) on lab images.
+
+Losses of Newell et al. 2017 (associative embedding) as mmpose 0.x trains bottom-up models: per-joint Gaussian
+heatmaps (MSE) plus the tag pull/push loss (``exp`` push). Inputs go through the estimator's own preprocessing
+(``BottomUpPoseEstimator.preprocess``), so training and inference see identical tensors (docs/lab.md §3).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from grpose.pose.estimator import BottomUpPoseEstimator
+from grpose.pose.skeleton import COCO_FLIP_INDEX
+
+
+def heatmap_targets(
+    poses: np.ndarray, image_size: int, input_size: int, heatmap_size: int, sigma: float, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Targets of a batch of poses (B, P, 17, 3) in image pixels, for square images of ``image_size`` resized to
+    the network input ``input_size`` and heatmaps of ``heatmap_size``.
+
+    The joint's heatmap position mirrors inference: heatmaps are upsampled to the input size by bilinear
+    interpolation with ``align_corners=False`` (docs/pose_pipeline.md), under which heatmap cell u lands on input
+    pixel stride·u + (stride - 1)/2; so the target sits at u = (input position - (stride - 1)/2) / stride.
+
+    Returns heatmaps (B, 17, h, h) (max over people of a Gaussian at each joint), joint positions (B, P, 17) as
+    flat heatmap indices, and a visibility mask (B, P, 17); a joint counts when its score > ``threshold`` and it
+    lies inside the image.
+    """
+    b, p, k, _ = poses.shape
+    stride = input_size / heatmap_size
+    xy = (poses[..., :2] * (input_size / image_size) - (stride - 1) / 2) / stride  # (B, P, 17, 2) heatmap pixels
+    visible = (poses[..., 2] > threshold) & (poses[..., 0] >= 0) & (poses[..., 1] >= 0)
+    visible &= (poses[..., 0] < image_size) & (poses[..., 1] < image_size)
+    grid = np.arange(heatmap_size, dtype=np.float32)
+    gx = np.exp(-((grid[None, None, None, :] - xy[..., 0, None]) ** 2) / (2 * sigma**2))  # (B, P, 17, w)
+    gy = np.exp(-((grid[None, None, None, :] - xy[..., 1, None]) ** 2) / (2 * sigma**2))  # (B, P, 17, h)
+    maps = gy[..., :, None] * gx[..., None, :] * visible[..., None, None]  # (B, P, 17, h, w)
+    heatmaps = maps.max(axis=1) if p else np.zeros((b, k, heatmap_size, heatmap_size), np.float32)
+    cells = np.clip(np.round(xy).astype(np.int64), 0, heatmap_size - 1)
+    flat = cells[..., 1] * heatmap_size + cells[..., 0]  # (B, P, 17)
+    return torch.from_numpy(heatmaps.astype(np.float32)), torch.from_numpy(flat), torch.from_numpy(visible)
+
+
+def associative_embedding_loss(
+    tags: torch.Tensor, joints: torch.Tensor, visible: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pull and push losses (Newell et al. 2017, Eq. 3), mmpose's ``exp`` form, averaged over the batch.
+
+    tags (B, 17, h, w); joints / visible (B, P, 17) flat indices and mask. Pull: variance of each person's tags
+    around its mean tag; push: mean over pairs of people of exp(-(mean_a - mean_b)^2).
+    """
+    b = tags.shape[0]
+    flat = tags.flatten(2)  # (B, 17, h*w)
+    values = torch.gather(flat, 2, joints.permute(0, 2, 1).clamp(min=0))  # (B, 17, P)
+    values = values.permute(0, 2, 1)  # (B, P, 17)
+    weight = visible.float()
+    count = weight.sum(-1)  # (B, P)
+    present = count > 0
+    mean = (values * weight).sum(-1) / count.clamp(min=1)  # (B, P)
+    pull_each = (((values - mean[..., None]) ** 2) * weight).sum(-1) / count.clamp(min=1)  # (B, P)
+    pulls, pushes = [], []
+    for i in range(b):
+        m = mean[i][present[i]]
+        n = m.numel()
+        pulls.append(pull_each[i][present[i]].mean() if n else tags.new_zeros(()))
+        if n < 2:
+            pushes.append(tags.new_zeros(()))
+            continue
+        diff = m[:, None] - m[None, :]
+        pushes.append((torch.exp(-(diff**2)).sum() - n) / ((n - 1) * n) * 0.5)
+    return torch.stack(pulls).mean(), torch.stack(pushes).mean()
+
+
+def augment(image: np.ndarray, pose: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Flip (with left/right joint swap), brightness/contrast jitter and a random blur of one uint8 RGB image.
+
+    The blur makes the estimator robust to the softer images a diffusion model generates.
+    """
+    size = image.shape[1]
+    pose = pose.copy()
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+        present = pose[..., 2] > 0
+        pose[..., 0] = np.where(present, size - 1 - pose[..., 0], pose[..., 0])
+        pose = pose[:, list(COCO_FLIP_INDEX)]
+    x = image.astype(np.float32) * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)
+    if rng.random() < 0.5:
+        x = cv2.GaussianBlur(x, (0, 0), sigmaX=float(rng.uniform(0.3, 1.5)))
+    return np.clip(x, 0, 255).astype(np.uint8), pose
+
+
+def estimator_step_fn(
+    estimator: BottomUpPoseEstimator,
+    images: np.ndarray,
+    poses: np.ndarray,
+    batch_size: int,
+    sigma: float,
+    tag_weight: float,
+    keypoint_threshold: float,
+):
+    """The stage's ``step_fn``: images uint8 (N, S, S, 3) RGB, poses (N, P, 17, 3) in image pixels."""
+    num_joints = poses.shape[2]
+
+    def step(_: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        index = torch.randint(0, images.shape[0], (batch_size,), generator=generator).tolist()
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=generator)))
+        batch = [augment(images[i], poses[i], rng) for i in index]
+        x, _ = estimator.preprocess([image for image, _ in batch])  # (B, 3, in, in)
+        output = estimator.model(x)[0]  # (B, 2K, in/4, in/4): heatmaps then tags
+        heatmap_size = output.shape[-1]
+        target, joints, visible = heatmap_targets(
+            np.stack([pose for _, pose in batch]), images.shape[1], x.shape[-1], heatmap_size, sigma, keypoint_threshold
+        )
+        device = output.device
+        heatmap_loss = F.mse_loss(output[:, :num_joints], target.to(device))
+        pull, push = associative_embedding_loss(output[:, num_joints:], joints.to(device), visible.to(device))
+        return {"heatmap": heatmap_loss, "pull": tag_weight * pull, "push": tag_weight * push}
+
+    return step

@@ -1,0 +1,120 @@
+"""Pose alignment of a fixed validation subset: sample with fixed per-image seeds, detect, score (docs/metrics.md).
+
+Used at the end of a training run (``final_evaluation`` in a config: the lab's main job prints AP next to the
+base-only AP of the same images) and by the lab study. Images are generated exactly as ``eval_pose.py`` does:
+one noise tensor per entry from ``image_seed(seed, id)``, DDIM with classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from grpose.eval_results import image_seed
+from grpose.metrics.pose import evaluate_pose_alignment
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("corrected", "released")
+
+
+@dataclass
+class SubsetSamples:
+    """What one pass over a subset produced: uint8 images (N, H, W, 3) RGB and the ground-truth poses."""
+
+    ids: list[str]
+    images: np.ndarray
+    gt_poses: list[np.ndarray]
+    hints: np.ndarray
+    prompts: list[str]
+
+
+def to_uint8(images: torch.Tensor, protocol: str) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8; 'released' floors like the release, 'corrected' rounds."""
+    x = ((images.float().clamp(-1, 1) + 1) / 2) * 255.0
+    x = torch.floor(x) if protocol == "released" else torch.round(x)
+    return x.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def generate_subset(
+    model: Any,
+    dataset: Any,
+    ids: Sequence[str],
+    seed: int = 42,
+    num_steps: int = 20,
+    guidance_scale: float = 9.0,
+    batch_size: int = 8,
+    use_adapter: bool = True,
+) -> tuple[list[dict], torch.Tensor]:
+    """Generate one image per entry of ``ids`` (a PoseDataset in eval mode); returns the samples and the images
+    (N, 3, H, W) in [-1, 1]. ``use_adapter=False`` samples the frozen base model alone (the floor)."""
+    index_of = {entry_id: i for i, entry_id in enumerate(dataset.ids)}
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    samples, images = [], []
+    for start in range(0, len(ids), batch_size):
+        batch = [dataset[index_of[i]] for i in ids[start : start + batch_size]]
+        hint = torch.stack([torch.from_numpy(s["hint"]) for s in batch]).permute(0, 3, 1, 2).to(device)
+        latent_shape = (model.latent_channels, hint.shape[2] // 8, hint.shape[3] // 8)
+        noise = torch.stack(
+            [
+                torch.randn(latent_shape, generator=torch.Generator().manual_seed(image_seed(seed, s["id"])))
+                for s in batch
+            ]
+        ).to(device)
+        images.append(
+            model.sample(
+                hint,
+                [s["txt"] for s in batch],
+                noise=noise,
+                num_steps=num_steps,
+                guidance_scale=guidance_scale,
+                use_adapter=use_adapter,
+            ).cpu()  # fmt: skip
+        )
+        samples += batch
+    model.train(was_training)
+    return samples, torch.cat(images)
+
+
+def score_subset(
+    samples: Sequence[dict], images: torch.Tensor, estimator: Any, protocols: Sequence[str] = PROTOCOLS
+) -> dict[str, dict[str, Any]]:
+    """Detect people on the generated images and score them against the samples' poses, per protocol.
+
+    The released protocol feeds floored uint8 images with swapped channels to the detector (docs/metrics.md);
+    the estimator's ``channel_order`` is switched for that call and restored.
+    """
+    gt = [np.asarray(s["pose"], dtype=np.float32) for s in samples]
+    ids = [s["id"] for s in samples]
+    height, width = images.shape[2], images.shape[3]
+    out = {}
+    original = estimator.channel_order
+    try:
+        for protocol in protocols:
+            estimator.channel_order = "bgr" if protocol == "released" else "rgb"
+            detections = estimator(list(to_uint8(images, protocol)))
+            out[protocol] = evaluate_pose_alignment(gt, detections, height, width, protocol=protocol, image_ids=ids)
+    finally:
+        estimator.channel_order = original
+    return out
+
+
+def summary_row(metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """AP, AP50, CAP, PCE of both protocols as one flat row (the lab study's table columns)."""
+    row = {}
+    for protocol, m in metrics.items():
+        tag = "" if protocol == "corrected" else "_released"
+        ap_key = "ap" if protocol == "corrected" else "ap_batch_mean"
+        row[f"ap{tag}"] = m[ap_key]
+        row[f"ap50{tag}"] = m["ap50" if protocol == "corrected" else "ap50_batch_mean"]
+        row[f"cap{tag}"] = m["cap_corrected" if protocol == "corrected" else "cap_batch_mean"]
+        row[f"pce{tag}"] = m["pce" if protocol == "corrected" else "pce_batch_mean"]
+    return row

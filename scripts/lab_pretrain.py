@@ -1,0 +1,228 @@
+"""Pretrain the lab's base model (autoencoder, then UNet + text encoder) and pose estimator (docs/lab.md).
+
+python scripts/lab_pretrain.py --stage all              # everything, in order; each stage resumes if killed
+python scripts/lab_pretrain.py --stage estimator        # one stage: autoencoder | unet | estimator
+python scripts/lab_pretrain.py --stage unet --smoke     # a few steps into a scratch folder (tests)
+
+Writes models/lab/{autoencoder,unet_text,pose_estimator}.safetensors (fp16, keys as in real checkpoints; the
+header records the config, the command and the seed). Deterministic on one machine type for the config's
+``threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from grpose.config import ConfigError, instantiate, load_config
+
+log = logging.getLogger("grpose.lab_pretrain")
+STAGES = ("autoencoder", "unet", "estimator")
+
+
+def lab_arrays(config: DictConfig, split: str):
+    from grpose.lab.data import ensure_lab_dataset, load_lab_arrays
+
+    spec = config.dataset
+    out = ensure_lab_dataset(spec.out, spec.num_images, spec.seed, tuple(spec.image_size), spec.val_fraction)
+    return load_lab_arrays(out / f"mapping_file_{split}.json", out, spec.crop_size)
+
+
+def header(
+    config: DictConfig, stage: str, argv: list[str], steps_done: int, extra: dict | None = None
+) -> dict[str, str]:
+    meta = {
+        "stage": stage,
+        "steps_done": str(steps_done),
+        "command": "python scripts/lab_pretrain.py " + " ".join(argv),
+        "config": OmegaConf.to_yaml(config),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "torch": torch.__version__,
+    }
+    meta.update({k: str(v) for k, v in (extra or {}).items()})
+    return meta
+
+
+def stage_autoencoder(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
+    from grpose.lab.autoencoder_stage import autoencoder_step_fn, latent_scale_factor
+    from grpose.lab.loop import run_loop
+    from grpose.lab.weights import export_weights, prefixed
+
+    spec = config.autoencoder
+    images = torch.from_numpy(lab_arrays(config, "training").images)
+    torch.manual_seed(spec.seed)
+    vae = instantiate(base.vae, "vae").to(config.device)
+    step = autoencoder_step_fn(vae, images, spec.batch_size, spec.crop, spec.kl_weight)
+    vae = run_loop(
+        "autoencoder",
+        vae,
+        step,
+        spec.steps,
+        spec.learning_rate,
+        spec.work_dir,
+        spec.seed,
+        warmup_steps=spec.warmup_steps,
+        max_seconds=config.max_seconds,
+    )
+    scale = latent_scale_factor(vae, images[:1024])
+    log.info("autoencoder: latent scale factor 1/std = %.5f", scale)
+    return export_weights(
+        prefixed(vae, "first_stage_model."),
+        spec.out,
+        header(config, "autoencoder", argv, vae.stopped_at_step, {"scale_factor": f"{scale:.5f}"}),
+    )
+
+
+def read_scale_factor(path: str | Path) -> float:
+    """The latent scale factor recorded by the autoencoder stage in its weight file's header."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        return float(fh.metadata()["scale_factor"])
+
+
+def stage_unet(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
+    from grpose.checkpoint import load_into, read_state_dict
+    from grpose.lab.base_stage import BaseModel, base_step_fn, latent_moments
+    from grpose.lab.loop import run_loop
+    from grpose.lab.weights import export_weights, prefixed
+
+    spec = config.unet
+    arrays = lab_arrays(config, "training")
+    vae = instantiate(base.vae, "vae").to(config.device)
+    ae_file = config.autoencoder.out
+    state = read_state_dict(ae_file, config_key="autoencoder.out", what="lab autoencoder (--stage autoencoder)")
+    load_into(vae, {k.removeprefix("first_stage_model."): v for k, v in state.items()}, strict=True, source=ae_file)
+    scale = read_scale_factor(ae_file)
+    means, stds = latent_moments(vae, torch.from_numpy(arrays.images))
+    torch.manual_seed(spec.seed)
+    model = BaseModel(instantiate(base.unet, "unet"), instantiate(base.text_encoder, "text_encoder")).to(config.device)
+    step = base_step_fn(
+        model,
+        means,
+        stds,
+        arrays.prompts,
+        spec.batch_size,
+        scale,
+        spec.caption_dropout,
+        base.schedule.timesteps,
+        base.schedule.linear_start,
+        base.schedule.linear_end,
+    )
+    model = run_loop(
+        "unet",
+        model,
+        step,
+        spec.steps,
+        spec.learning_rate,
+        spec.work_dir,
+        spec.seed,
+        warmup_steps=spec.warmup_steps,
+        weight_decay=spec.weight_decay,
+        ema_decay=spec.ema_decay,
+        max_seconds=config.max_seconds,
+    )
+    weights = {**prefixed(model.unet, "model.diffusion_model."), **prefixed(model.text_encoder, "cond_stage_model.")}
+    return export_weights(
+        weights, spec.out, header(config, "unet", argv, model.stopped_at_step, {"scale_factor": f"{scale:.5f}"})
+    )
+
+
+def stage_estimator(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
+    from grpose.lab.estimator_stage import estimator_step_fn
+    from grpose.lab.loop import run_loop
+    from grpose.lab.weights import export_weights
+    from grpose.pose.estimator import BottomUpPoseEstimator
+
+    spec = config.estimator
+    arrays = lab_arrays(config, "training")
+    torch.manual_seed(spec.seed)
+    estimator = BottomUpPoseEstimator(
+        arch=spec.arch,
+        checkpoint=None,
+        allow_random_init=True,
+        width_mult=spec.width_mult,
+        head_channels=spec.head_channels,
+        input_size=spec.input_size,
+        device=config.device,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        estimator.model = type(estimator.model)(spec.width_mult, head_channels=spec.head_channels).to(config.device)
+    step = estimator_step_fn(
+        estimator, arrays.images, arrays.poses, spec.batch_size, spec.sigma, spec.tag_weight, spec.keypoint_threshold
+    )
+    model = run_loop(
+        "estimator",
+        estimator.model,
+        step,
+        spec.steps,
+        spec.learning_rate,
+        spec.work_dir,
+        spec.seed,
+        warmup_steps=spec.warmup_steps,
+        weight_decay=spec.weight_decay,
+        max_seconds=config.max_seconds,
+    )
+    return export_weights(model.state_dict(), spec.out, header(config, "estimator", argv, model.stopped_at_step))
+
+
+def smoke_config(config: DictConfig, out: Path) -> DictConfig:
+    """A few steps of every stage on a small dataset in ``out`` (the builders' smoke test)."""
+    config = config.copy()
+    config.dataset.out = str(out / "data")
+    config.dataset.num_images = 24
+    for name in STAGES:
+        node = config[name]
+        node.steps, node.batch_size = 2, 2
+        node.warmup_steps = 1
+        node.work_dir = str(out / name)
+        node.out = str(out / f"{name}.safetensors")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/lab/pretrain.yaml")
+    p.add_argument("--stage", choices=(*STAGES, "all"), required=True)
+    p.add_argument("--device", default="cpu", help="cpu (the reference build) or cuda")
+    p.add_argument("--max_minutes", type=float, default=None, help="per-stage time budget (stops early, resumable)")
+    p.add_argument("--smoke", default=None, metavar="DIR", help="2 steps per stage on a tiny dataset in DIR")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. unet.steps=100")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, overrides=args.overrides)
+        base = load_config(config.base_config)
+    except ConfigError as err:
+        raise SystemExit(str(err)) from err
+    if args.smoke:
+        config = smoke_config(config, Path(args.smoke))
+    config.device = args.device
+    config.max_seconds = args.max_minutes * 60 if args.max_minutes else None
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 throughout: the same arithmetic as the CPU build
+        torch.backends.cudnn.allow_tf32 = False
+    torch.set_num_threads(int(config.threads))
+    np.seterr(all="ignore")
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    written = {}
+    for name in stages:
+        fn = {"autoencoder": stage_autoencoder, "unet": stage_unet, "estimator": stage_estimator}[name]
+        written[name] = str(fn(config, base, argv))
+        log.info("%s: wrote %s", name, written[name])
+    print(json.dumps(written, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

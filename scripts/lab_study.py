@@ -1,0 +1,200 @@
+"""The lab study (docs/lab.md §5): base only, ControlNet, GRPose, GRPose + pose loss and ablations, equal budgets.
+
+python scripts/lab_study.py                 # the default study (about an hour on 2 CPU cores)
+python scripts/lab_study.py --quick         # a few minutes: few steps, few images, one seed
+python scripts/lab_study.py --rows grpose controlnet --seeds 0 1 2
+
+Every row trains through train.py on the frozen lab base (configs/lab/), in segments that resume exactly, and is
+evaluated after each segment on the same test subset with the same per-image seeds, by the lab estimator, under
+both protocols. Writes OUT/results.json (resumable: finished evaluations are kept), OUT/table.md and
+OUT/ap_vs_steps.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+log = logging.getLogger("grpose.lab_study")
+
+BASE = "configs/lab/grpose.yaml"
+ROWS: dict[str, list[str]] = {
+    "base only": [],
+    "ControlNet": ["configs/lab/controlnet.yaml"],
+    "GRPose": [BASE],
+    "GRPose + pose loss": [BASE, "configs/lab/grpose_poseloss.yaml"],
+    "GRPose, MRConv": [BASE, "configs/grpose/ablations/conv_mr.yaml"],
+    "GRPose, k=4": [BASE, "configs/grpose/ablations/k4.yaml"],
+    "GRPose, PGI at levels 1-2": [BASE, "configs/grpose/ablations/pgi_levels_12.yaml"],
+}
+SEEDED_ROWS = ("ControlNet", "GRPose")  # rows run with every --seeds value; the others with the first seed
+COLUMNS = ("ap", "ap50", "cap", "pce", "ap_released", "ap50_released", "cap_released", "pce_released")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="40 steps, 16 images, one seed")
+    p.add_argument("--steps", type=int, default=None, help="training steps per row (default 300; quick 40)")
+    p.add_argument("--segments", type=int, default=3, help="evaluations along training (AP vs steps)")
+    p.add_argument("--num_images", type=int, default=None, help="test subset size (default 64; quick 16)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1; quick 0)")
+    p.add_argument("--rows", nargs="+", default=None, help=f"subset of rows: {list(ROWS)}")
+    p.add_argument("--out", default=None, help="output folder (default outputs/lab_study[_quick])")
+    return p
+
+
+def evaluate(configs: list[str], ckpt: Path | None, num_images: int, overrides: list[str]) -> dict[str, float]:
+    """Pose metrics of a trained checkpoint, or of the base model alone when ``ckpt`` is None."""
+    import torch
+
+    from grpose.checkpoint import load_into, read_state_dict
+    from grpose.config import instantiate, load_config
+    from grpose.data.pose_dataset import PoseDataset
+    from grpose.validation import generate_subset, score_subset, summary_row
+
+    config = load_config(*(configs or [BASE]), overrides=overrides)
+    spec = config.final_evaluation
+    with torch.random.fork_rng(devices=[]):
+        model = instantiate(config.model, "model")
+    if ckpt is None:
+        from train import load_base_weights
+
+        load_base_weights(model, list(config.base_weights))
+    else:
+        load_into(model, read_state_dict(ckpt), strict=True, source=str(ckpt))
+    dataset = PoseDataset(**{**config.data.params.validation.params, "train": False})
+    ids = list(dataset.ids)[:num_images]
+    estimator = instantiate(spec.pose_estimator, "final_evaluation.pose_estimator")
+    samples, images = generate_subset(model, dataset, ids, seed=spec.seed, num_steps=spec.ddim_steps,
+                                      guidance_scale=spec.guidance_scale, use_adapter=ckpt is not None)  # fmt: skip
+    return summary_row(score_subset(samples, images, estimator))
+
+
+def run_row(name: str, configs: list[str], seed: int, steps: int, segments: int, num_images: int, out: Path,
+            results: dict, save) -> None:  # fmt: skip
+    """Train one row in ``segments`` resumed pieces, evaluating after each; results[key][step] = metrics."""
+    import train
+
+    key = f"{name} | seed {seed}"
+    record = results.setdefault(key, {"row": name, "seed": seed, "configs": configs, "evals": {}, "train_s": 0.0})
+    if not configs:  # the base model alone: nothing to train
+        if "0" not in record["evals"]:
+            record["evals"]["0"] = evaluate([], None, num_images, [])
+            save()
+        return
+    run_name = f"{name.replace(' ', '_').replace(',', '').replace('+', 'plus').replace('=', '')}_seed{seed}"
+    run_dir = out / "runs" / Path(configs[-1]).parent.name / run_name
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    marks = [round(steps * (i + 1) / segments) for i in range(segments)]
+    for mark in marks:
+        if str(mark) in record["evals"]:
+            continue
+        argv = ["--config", *configs, "--outdir", str(out / "runs"), "--name", run_name, "--seed", str(seed),
+                "--max_steps", str(mark), "final_evaluation=null", f"trainer.last_every_n_steps={mark}",
+                f"trainer.log_frequency={10**9}"]  # fmt: skip
+        if ckpt.is_file():
+            argv = ["--resume", str(ckpt), *argv]
+        tic = time.perf_counter()
+        train.main(argv)
+        record["train_s"] += time.perf_counter() - tic
+        record["evals"][str(mark)] = evaluate(configs, ckpt, num_images, [])
+        save()
+        log.info("%s step %d: %s", key, mark, record["evals"][str(mark)])
+
+
+def aggregate(results: dict) -> dict[str, dict]:
+    """Per row: the final evaluation's columns as mean and spread (max - min) over seeds, and wall time."""
+    rows: dict[str, dict] = {}
+    for record in results.values():
+        final = record["evals"][max(record["evals"], key=int)]
+        row = rows.setdefault(record["row"], {"finals": [], "train_s": 0.0})
+        row["finals"].append(final)
+        row["train_s"] += record["train_s"]
+    for row in rows.values():
+        row["mean"] = {c: float(np.mean([f[c] for f in row["finals"]])) for c in COLUMNS}
+        row["spread"] = {c: float(np.ptp([f[c] for f in row["finals"]])) for c in COLUMNS}
+        row["seeds"] = len(row["finals"])
+    return rows
+
+
+def write_table(rows: dict[str, dict], path: Path, header: str) -> str:
+    titles = ("AP", "AP50", "CAP", "PCE", "AP (rel.)", "AP50 (rel.)", "CAP (rel.)", "PCE (rel.)")
+    lines = [header, "", "| row | seeds | " + " | ".join(titles) + " | train s |", "|---|---|" + "---|" * 9]
+    for name, row in rows.items():
+        cells = []
+        for c in COLUMNS:
+            mean, spread = row["mean"][c], row["spread"][c]
+            cells.append(f"{mean:.3f} ± {spread / 2:.3f}" if row["seeds"] > 1 else f"{mean:.3f}")
+        lines.append(f"| {name} | {row['seeds']} | " + " | ".join(cells) + f" | {row['train_s']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for record in results.values():
+        evals = sorted((int(s), m["ap"]) for s, m in record["evals"].items())
+        if len(evals) == 1 and evals[0][0] == 0:
+            ax.axhline(evals[0][1], color="grey", linestyle="--", label=f"{record['row']}")
+            continue
+        steps, ap = zip(*evals)
+        ax.plot(steps, ap, marker="o", label=f"{record['row']} (seed {record['seed']})")
+    ax.set_xlabel("adapter training steps (batch 16)")
+    ax.set_ylabel("pose AP (corrected protocol)")
+    ax.set_title("Lab study: pose AP of generated images vs training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    steps = args.steps or (40 if args.quick else 300)
+    num_images = args.num_images or (16 if args.quick else 64)
+    seeds = args.seeds or ([0] if args.quick else [0, 1])
+    names = args.rows or list(ROWS)
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"--rows: unknown row(s) {unknown}; choose from {list(ROWS)}")
+    out = Path(args.out or ("outputs/lab_study_quick" if args.quick else "outputs/lab_study"))
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+
+    def save() -> None:
+        results_path.write_text(json.dumps(results, indent=1))
+
+    tic = time.perf_counter()
+    for name in names:
+        for seed in seeds if name in SEEDED_ROWS else seeds[:1]:
+            run_row(name, ROWS[name], seed, steps, args.segments, num_images, out, results, save)
+    wall = time.perf_counter() - tic
+    rows = aggregate({k: v for k, v in results.items() if v["row"] in names})
+    header = (f"Lab study: {steps} steps per row (batch 16), {num_images} test images, seeds {seeds}; "
+              f"this invocation {wall / 60:.1f} min")  # fmt: skip
+    print(write_table(rows, out / "table.md", header))
+    plot({k: v for k, v in results.items() if v["row"] in names}, out / "ap_vs_steps.png")
+    print(f"wrote {out / 'table.md'}, {out / 'ap_vs_steps.png'}, {results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

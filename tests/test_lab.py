@@ -1,0 +1,166 @@
+"""The lab (docs/lab.md): builders run, their files load through the real weight paths, bad files are refused."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from grpose.checkpoint import CheckpointError
+from grpose.config import instantiate, load_config
+from grpose.lab.estimator_stage import associative_embedding_loss, heatmap_targets
+from grpose.lab.loop import run_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
+
+import lab_pretrain  # noqa: E402
+
+import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lab_files(tmp_path_factory) -> Path:
+    """Two steps of every builder on a 24-image lab dataset (the smoke run of scripts/lab_pretrain.py)."""
+    out = tmp_path_factory.mktemp("lab")
+    assert lab_pretrain.main(["--stage", "all", "--smoke", str(out)]) == 0
+    return out
+
+
+def lab_model_config(files: Path, *extra: str):
+    overrides = [f"base_weights=[{files}/autoencoder.safetensors,{files}/unet.safetensors]", *extra]
+    return load_config(ROOT / "configs/lab/grpose.yaml", overrides=overrides)
+
+
+@pytest.mark.slow
+def test_builders_write_files_that_load_through_the_real_paths(lab_files):
+    from safetensors import safe_open
+
+    for name in ("autoencoder", "unet", "estimator"):
+        with safe_open(str(lab_files / f"{name}.safetensors"), "pt") as fh:
+            meta = fh.metadata()
+            assert meta["stage"] == name and meta["steps_done"] == "2"
+            assert "lab_pretrain.py" in meta["command"]
+            assert all(fh.get_tensor(k).dtype in (torch.float16, torch.int64) for k in fh.keys())  # noqa: SIM118 (safe_open is no dict)
+    config = lab_model_config(lab_files)
+    model = instantiate(config.model, "model")
+    train.load_base_weights(model, list(config.base_weights))  # frozen parts strictly, adapter twins copied
+    unet_key = "input_blocks.1.0.in_layers.2.weight"
+    twin = model.control_model.state_dict().get(unet_key)
+    if twin is not None:
+        assert torch.equal(twin, model.unet.state_dict()[unet_key])
+    estimator_node = config.final_evaluation.pose_estimator
+    estimator_node.params.checkpoint = str(lab_files / "estimator.safetensors")
+    estimator = instantiate(estimator_node, "pose_estimator")
+    people = estimator([np.zeros((128, 128, 3), np.uint8)])
+    assert people[0]["keypoints"].shape[1:] == (17, 3)
+
+
+@pytest.mark.slow
+def test_lab_main_job_trains_then_reports_ap_next_to_the_base_model(lab_files, tmp_path):
+    import json
+
+    argv = ["--config", str(ROOT / "configs/lab/grpose.yaml"), "--outdir", str(tmp_path), "--name", "run",
+            f"base_weights=[{lab_files}/autoencoder.safetensors,{lab_files}/unet.safetensors]",
+            f"data.params.train.params.mapping_file={lab_files}/data/mapping_file_training.json",
+            f"data.params.train.params.base_dir={lab_files}/data",
+            f"data.params.validation.params.mapping_file={lab_files}/data/mapping_file_validation.json",
+            f"data.params.validation.params.base_dir={lab_files}/data", "synthetic_data=null",
+            "data.params.batch_size=2", "trainer.max_steps=2", "trainer.log_frequency=2",
+            "trainer.image_sample_steps=2",
+            "final_evaluation.num_images=2", "final_evaluation.ddim_steps=2",
+            f"final_evaluation.pose_estimator.params.checkpoint={lab_files}/estimator.safetensors"]  # fmt: skip
+    assert train.main(argv) == 0
+    rows = json.loads((tmp_path / "lab" / "run" / "final_evaluation.json").read_text())
+    assert set(rows) == {"trained", "base only"}
+    for row in rows.values():
+        assert {"ap", "ap50", "cap", "pce", "ap_released", "pce_released"} <= set(row)
+        assert 0.0 <= row["ap"] <= 1.0
+    assert list((tmp_path / "lab" / "run" / "images").glob("step_*.png"))
+
+
+def test_missing_lab_weights_name_the_config_key_and_the_rebuild_command(tmp_path):
+    config = lab_model_config(tmp_path)
+    model = instantiate(config.model, "model")
+    with pytest.raises(SystemExit, match=r"(?s)base_weights.*lab_pretrain\.py"):
+        train.load_base_weights(model, list(config.base_weights))
+    node = config.final_evaluation.pose_estimator
+    node.params.checkpoint = str(tmp_path / "missing.safetensors")
+    with pytest.raises(
+        CheckpointError, match=r"(?s)(?=.*pose_estimator\.params\.checkpoint)(?=.*lab_pretrain\.py --stage estimator)"
+    ):
+        instantiate(node, "pose_estimator")
+
+
+@pytest.mark.slow
+def test_wrong_architecture_or_corrupted_lab_file_is_refused_whole(lab_files, tmp_path):
+    config = lab_model_config(lab_files)
+    model = instantiate(config.model, "model")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    wrong = [str(lab_files / "estimator.safetensors")]
+    with pytest.raises(SystemExit, match=r"(?s)base_weights.*missing"):
+        train.load_base_weights(model, wrong)
+    corrupt = tmp_path / "unet.safetensors"
+    corrupt.write_bytes((lab_files / "unet.safetensors").read_bytes()[:5000])
+    with pytest.raises(SystemExit, match=r"(?s)base_weights.*truncated or corrupt"):
+        train.load_base_weights(model, [str(lab_files / "autoencoder.safetensors"), str(corrupt)])
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a refused file must not be half-loaded"
+    node = config.final_evaluation.pose_estimator
+    node.params.checkpoint = str(lab_files / "autoencoder.safetensors")
+    with pytest.raises(CheckpointError, match=r"(?s)does not fit.*pose_estimator\.params\.checkpoint"):
+        instantiate(node, "pose_estimator")
+
+
+def test_training_loop_resumes_to_the_same_weights(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Linear(4, 2)
+
+    data = torch.randn(64, 4)
+
+    def step_fn(module):
+        def step(_, generator):
+            x = data[torch.randint(0, 64, (8,), generator=generator)]
+            return {"loss": module(x).pow(2).mean() + 1e-3 * torch.randn((), generator=generator).abs()}
+
+        return step
+
+    straight = make()
+    run_loop("a", straight, step_fn(straight), 6, 1e-2, tmp_path / "a", seed=5, warmup_steps=2, save_every=2)
+    resumed = make()
+    run_loop("b", resumed, step_fn(resumed), 6, 1e-2, tmp_path / "b", seed=5, warmup_steps=2, save_every=2,
+             max_seconds=0.0)  # fmt: skip
+    assert resumed.stopped_at_step == 0
+    again = make()
+    run_loop("b", again, step_fn(again), 6, 1e-2, tmp_path / "b", seed=5, warmup_steps=2, save_every=2)
+    for a, b in zip(straight.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_heatmap_targets_peak_where_inference_reads_the_joint():
+    poses = np.full((1, 2, 17, 3), (-1.0, -1.0, 0.0), np.float32)
+    poses[0, 0, 0] = (40.0, 20.0, 1.0)
+    poses[0, 1, 5] = (100.0, 90.0, 0.5)
+    heatmaps, joints, visible = heatmap_targets(poses, 128, 256, 64, sigma=2.0, threshold=0.02)
+    assert heatmaps.shape == (1, 17, 64, 64)
+    assert visible.sum() == 2
+    # upsampled to the 256 input with align_corners=False, the peak cell u lands at 4u + 1.5 = 2x
+    u = (40.0 * 2 - 1.5) / 4
+    assert int(heatmaps[0, 0].max(dim=0).values.argmax()) == round(u)
+    assert heatmaps[0, 1].max() == 0  # no person has a visible joint 1
+
+
+def test_associative_embedding_loss_pulls_people_together_and_pushes_them_apart():
+    tags = torch.zeros(1, 17, 8, 8)
+    joints = torch.tensor([[[0] * 17, [63] * 17]])
+    visible = torch.ones(1, 2, 17, dtype=torch.bool)
+    pull, push = associative_embedding_loss(tags, joints, visible)
+    assert float(pull) == 0.0 and float(push) == pytest.approx(0.5)  # equal tags: exp(0) for the one pair
+    separated = torch.zeros(1, 17, 8, 8)
+    separated.view(1, 17, -1)[:, :, 63] = 3.0
+    assert float(associative_embedding_loss(separated, joints, visible)[1]) < 1e-3
