@@ -98,6 +98,8 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    #: why an ignored key was ignored, where there is more to say than "matches an ignore pattern"
+    reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -115,11 +117,32 @@ class LoadReport:
         if self.ignored:
             groups = sorted({k.split(".")[0] for k in self.ignored})
             lines.append(f"  ignored groups: {', '.join(groups)}")
+        by_reason: dict[str, list[str]] = {}
+        for key, why in self.reasons.items():
+            by_reason.setdefault(why, []).append(key)
+        for why, keys in by_reason.items():
+            more = f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""
+            lines.append(f"  ignored {keys[0]}{more}: {why}")
         return "\n".join(lines)
 
 
 def _matches(key: str, patterns: Iterable[str]) -> bool:
     return any(key.startswith(p) or p in key for p in patterns)
+
+
+def unused_checkpoint_keys(module: nn.Module) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Keys (with shape and reason) that a released checkpoint has but ``module`` deliberately does not build.
+
+    Collected from every submodule that defines ``unused_checkpoint_keys()`` (e.g. the pose-encoder stages of
+    PGI levels an ablation does not use), prefixed with the submodule's name.
+    """
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for name, sub in module.named_modules():
+        fn = getattr(sub, "unused_checkpoint_keys", None)
+        if callable(fn):
+            prefix = f"{name}." if name else ""
+            out.update({prefix + k: v for k, v in fn().items()})
+    return out
 
 
 def load_into(
@@ -132,11 +155,14 @@ def load_into(
     """Load ``state_dict`` into ``module`` and report missing, unexpected and ignored keys.
 
     Keys matching ``DEFAULT_IGNORED_PATTERNS`` or ``ignore`` (prefixes such as ``mmpose_model.``) are reported
-    as ignored on either side. A shape mismatch always fails naming the key and both shapes; with ``strict``
-    any other missing or unexpected key fails with the list.
+    as ignored on either side. Keys that the module declares as built by the release but unused here
+    (``unused_checkpoint_keys``) are ignored with their reason when their shape is the declared one. A shape
+    mismatch always fails naming the key and both shapes; with ``strict`` any other missing or unexpected key
+    fails with the list.
     """
     patterns = tuple(DEFAULT_IGNORED_PATTERNS) + tuple(ignore)
     own = module.state_dict()
+    release_only = unused_checkpoint_keys(module)
     report = LoadReport()
     to_load: dict[str, torch.Tensor] = {}
     mismatched = []
@@ -149,6 +175,12 @@ def load_into(
                 mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
             else:
                 to_load[key] = value
+        elif key in release_only:
+            shape, why = release_only[key]
+            if tuple(value.shape) != shape:
+                mismatched.append(f"{key}: file {tuple(value.shape)} vs release layout {shape}")
+            report.ignored.append(key)
+            report.reasons[key] = why
         elif _matches(key, patterns):
             report.ignored.append(key)
         else:
