@@ -414,7 +414,7 @@ def quality_metrics(args, config, metrics_config: DictConfig, out_dir: Path) -> 
     if quality.get("inception"):
         argv += ["--inception", str(quality.inception)]
     if quality.get("clip"):
-        argv += ["--clip", str(quality.clip), "--clip_model", str(quality.get("clip_arch", "ViT-L-14-quickgelu"))]
+        argv += ["--clip", str(quality.clip), "--clip_model", str(quality.get("clip_arch", "ViT-B-16-quickgelu"))]
     for key, flag in (("fid_features", "--fid_feature"), ("kid_subset_size", "--kid_subset_size")):
         if quality.get(key) is not None:
             argv += [flag, str(quality[key])]
