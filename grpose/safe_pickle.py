@@ -27,6 +27,7 @@ import copyreg
 import datetime
 import pathlib
 import pickle
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,7 +39,8 @@ class UnsafePickleError(pickle.UnpicklingError):
 
     def __init__(self, name: str, what: str = "calls") -> None:
         self.name = name
-        super().__init__(f"the pickle {what} {name}, which the safe loader does not run")
+        verb = "run" if what == "calls" else "allow"
+        super().__init__(f"the pickle {what} {name}, which the safe loader does not {verb}")
 
 
 class _UnloadedMeta(type):
@@ -172,12 +174,28 @@ def _allowed_globals() -> dict[str, Any]:
     return allowed
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` whose ``find_class`` returns allowlisted objects or inert placeholder types."""
+class RestrictedUnpickler(pickle._Unpickler):
+    """Unpickler whose ``find_class`` returns allowlisted objects or inert placeholder types.
+
+    Built on pickle's pure-Python unpickler (only the metadata is pickled; tensor data lives in separate storages)
+    so that ``BUILD`` can be restricted too: it may set the state of an object the pickle created, never attributes
+    of a class or function (which would change the real, allowlisted class for the whole process).
+    """
+
+    dispatch = pickle._Unpickler.dispatch.copy()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._allowed = _allowed_globals()
+
+    def load_build(self) -> None:
+        inst = self.stack[-2]
+        if isinstance(inst, (type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType)):
+            name = getattr(inst, "_qualified", None) or f"{inst.__module__}.{getattr(inst, '__qualname__', inst)}"
+            raise UnsafePickleError(name, what="sets attributes of")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol 2 files written by Python 2

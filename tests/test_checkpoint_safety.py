@@ -99,6 +99,27 @@ def test_payload_is_refused_naming_the_callable_and_runs_only_when_trusted(tmp_p
         assert TRUST_ENV not in os.environ
 
 
+@pytest.mark.parametrize("target", [b"torch\nTensor", b"pathlib\nPath", b"grpose.nothing\nThing"])
+def test_pickle_cannot_set_attributes_of_a_class(target):
+    """BUILD on a class object would patch that (real, allowlisted) class for the whole process: refused."""
+    import io
+
+    from grpose import safe_pickle
+
+    # GLOBAL target; state (None, {'__repr__': torch.float32}); BUILD
+    data = b"\x80\x02c" + target + b"\nq\x00N}q\x01X\x08\x00\x00\x00__repr__q\x02ctorch\nfloat32\nq\x03s\x86q\x04b."
+    before = torch.Tensor.__repr__
+    with pytest.raises(safe_pickle.UnsafePickleError, match="sets attributes of"):
+        safe_pickle.RestrictedUnpickler(io.BytesIO(data)).load()
+    assert torch.Tensor.__repr__ is before and pathlib_repr_untouched()
+
+
+def pathlib_repr_untouched() -> bool:
+    import pathlib
+
+    return "__repr__" not in vars(pathlib.PurePath) or callable(vars(pathlib.PurePath)["__repr__"])
+
+
 def _fake_modules(monkeypatch, names: dict[str, list[str]]) -> dict[str, type]:
     """Importable stand-ins for classes of packages we do not install (only needed to *write* the pickle)."""
     classes = {}
