@@ -27,6 +27,7 @@ import copyreg
 import datetime
 import pathlib
 import pickle
+import struct
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -187,6 +188,15 @@ class RestrictedUnpickler(pickle._Unpickler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._allowed = _allowed_globals()
+
+    def load(self) -> Any:
+        try:
+            return super().load()
+        except (pickle.UnpicklingError, EOFError):
+            raise
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError, struct.error) as err:
+            # the Python unpickler reports a corrupt stream (unknown opcode, empty stack) with these
+            raise pickle.UnpicklingError(f"corrupt or unsupported pickle data: {type(err).__name__}: {err}") from err
 
     def load_build(self) -> None:
         inst = self.stack[-2]
