@@ -23,6 +23,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from grpose.config import ConfigError, instantiate, load_config
+from grpose.trust import add_trust_argument, honours_trust_flag
 
 log = logging.getLogger("grpose.eval")
 DEFAULT_METRICS_CONFIG = str(Path(__file__).resolve().parent / "configs/eval/metrics.yaml")
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config_model", nargs="+", required=True, help="model YAML file(s), as for train.py")
     p.add_argument("--ckpt", default=None, help="checkpoint to evaluate (train.py output or the released file)")
+    add_trust_argument(p)  # --trust_checkpoint (every weight file; see grpose/trust.py)
     p.add_argument(
         "--images_dir",
         default=None,
@@ -414,7 +416,7 @@ def quality_metrics(args, config, metrics_config: DictConfig, out_dir: Path) -> 
     if quality.get("inception"):
         argv += ["--inception", str(quality.inception)]
     if quality.get("clip"):
-        argv += ["--clip", str(quality.clip), "--clip_model", str(quality.get("clip_arch", "ViT-L-14-quickgelu"))]
+        argv += ["--clip", str(quality.clip), "--clip_model", str(quality.get("clip_arch", "ViT-B-16-quickgelu"))]
     for key, flag in (("fid_features", "--fid_feature"), ("kid_subset_size", "--kid_subset_size")):
         if quality.get(key) is not None:
             argv += [flag, str(quality[key])]
@@ -474,6 +476,7 @@ def _spawned(rank: int, world_size: int, args: argparse.Namespace, port: int) ->
     run_rank(rank, world_size, args)
 
 
+@honours_trust_flag
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

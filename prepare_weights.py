@@ -30,6 +30,7 @@ from grpose.checkpoint import CheckpointError, read_state_dict, save_state_dict
 from grpose.config import instantiate, load_config
 from grpose.diffusion.schedule import make_beta_schedule, schedule_buffers
 from grpose.init_weights import PART_PREFIXES, SD_PARTS, check_sd_parts, plan_adapter_init, shape_of
+from grpose.trust import add_trust_argument, honours_trust_flag
 
 
 class SafetensorsStateDict(Mapping):
@@ -152,8 +153,10 @@ def prepare_weights(
     }
 
 
+@honours_trust_flag
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_trust_argument(parser)
     parser.add_argument("sd_ckpt", help="SD1.5 checkpoint (.ckpt/.safetensors, ldm key layout)")
     parser.add_argument("config", help="model config, e.g. configs/grpose/humanart.yaml")
     parser.add_argument("out", help="output file (.ckpt or .safetensors)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from grpose.config import ConfigError, instantiate, load_config
+from grpose.trust import add_trust_argument, honours_trust_flag
 
 log = logging.getLogger("grpose.train")
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sd_locked", type=str2bool, default=None, help="false: also train the UNet decoder")
     p.add_argument("--name", default=None, help="run name (default: the last config file's name)")
     p.add_argument("--outdir", default="experiments", help="root of run directories")
+    add_trust_argument(p)
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.params.alpha=3")
     return p
 
@@ -87,14 +89,17 @@ def run_directory(args: argparse.Namespace) -> Path:
 
 
 def check_resume(resume: str, config: DictConfig) -> None:
-    """Fail before any training when --resume names a missing file or a checkpoint of another model config."""
-    import torch
+    """Fail before any training when --resume names a missing file, a file the safe loader refuses (it would run
+    code; see ``grpose.checkpoint``) or a checkpoint of another model config."""
+    from grpose.checkpoint import UntrustedCheckpointError, read_checkpoint
 
     path = Path(resume)
     if not path.is_file():
         raise SystemExit(f"--resume: checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = read_checkpoint(path)
+    except UntrustedCheckpointError as err:
+        raise SystemExit(f"--resume: {err}") from err
     except Exception as err:  # any unreadable file: report and stop before training
         raise SystemExit(f"--resume: could not read {path} (truncated or corrupt?): {err}") from err
     stored = None
@@ -186,6 +191,7 @@ def final_evaluation(model, config: DictConfig, run_dir: Path) -> dict:
     return rows
 
 
+@honours_trust_flag
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -203,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from grpose.callbacks import ImageLogger, LastCheckpoint, ResumeState
+    from grpose.callbacks import ImageLogger, LastCheckpoint, ResumeState, SafeCheckpointIO
 
     seed = args.seed if args.seed is not None else trainer_cfg.get("seed", 23)
     pl.seed_everything(seed, workers=True)
@@ -280,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         num_sanity_val_steps=0,
         limit_val_batches=0,
         enable_progress_bar=trainer_cfg.get("progress_bar", True),
+        plugins=[SafeCheckpointIO()],  # --resume is read without running code from the file
     )
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,11 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.utilities import rank_zero_only
 
+from grpose.checkpoint import read_checkpoint
 from grpose.pose.skeleton import render_skeleton
 
 log = logging.getLogger(__name__)
@@ -178,3 +180,19 @@ class LastCheckpoint(pl.Callback):
             log.warning(
                 "interrupted at step %d: wrote %s (resume with --resume %s)", trainer.global_step, self.path, self.path
             )
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO whose loading (``trainer.fit(ckpt_path=...)``) runs no code from the file.
+
+    Lightning 2.6 resumes through ``strategy.checkpoint_io.load_checkpoint`` -> ``torch.load``, with
+    ``weights_only`` left to torch's default (and so to environment variables such as
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``). Here it goes through ``grpose.checkpoint.read_checkpoint``: weights-only
+    or the restricted unpickler, and the whole checkpoint refused if any part needs more, unless the user trusts
+    checkpoints (``--trust_checkpoint`` / ``GRPOSE_TRUST_CHECKPOINTS=1``). Saving is Lightning's.
+    """
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return read_checkpoint(path, map_location=map_location if map_location is not None else "cpu")

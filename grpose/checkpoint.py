@@ -1,4 +1,11 @@
-"""Checkpoint IO: read .ckpt/.pth/.safetensors state dicts, load them with a key report, save them."""
+"""Checkpoint IO: read .ckpt/.pth/.safetensors state dicts safely, load them with a key report, save them.
+
+Reading never runs code from a file unless the user opts in (``--trust_checkpoint`` / ``GRPOSE_TRUST_CHECKPOINTS=1``):
+``torch.load(weights_only=True)`` first, and for legacy pickles that it refuses (Lightning 1.x hyper-parameters,
+mmcv metadata, ...) the restricted unpickler of ``grpose.safe_pickle``, which rebuilds tensors and plain containers
+and turns other classes into inert placeholders. A file whose pickle calls something else, or whose needed part
+(the state dict; the whole checkpoint when resuming) holds such an object, is refused naming the class.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,13 @@ import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from grpose import safe_pickle
+from grpose.trust import TRUST_ENV, TRUST_HINT, trust_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +32,63 @@ DEFAULT_IGNORED_PATTERNS: tuple[str, ...] = ("model_ema.", "position_ids", "lvlb
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or does not fit the model; the message says which and why."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint needs more than the safe loader rebuilds; ``name`` is the class or callable it asked for."""
+
+    def __init__(self, message: str, name: str) -> None:
+        self.name = name
+        super().__init__(message)
+
+
+def load_torch_file(path: str | Path, map_location: Any = "cpu", trust: bool | None = None) -> Any:
+    """``torch.load`` that runs no code from the file unless trusted (see the module docstring).
+
+    Raises ``UntrustedCheckpointError`` when the pickle calls a global outside the allowlist. The result may hold
+    ``safe_pickle.Unloaded`` placeholders (check what you use with ``safe_pickle.find_unloaded``).
+    """
+    path = Path(path)
+    mmap = zipfile.is_zipfile(path)
+    if trust_checkpoints(trust):
+        log.warning("%s: loading with weights_only=False (trusted: --trust_checkpoint / %s)", path, TRUST_ENV)
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        log.info("%s is not weights-only (%s); reading it with the restricted unpickler", path, str(err)[:200])
+    try:
+        return torch.load(
+            path, map_location=map_location, weights_only=False, mmap=mmap, pickle_module=safe_pickle.pickle_module
+        )
+    except safe_pickle.UnsafePickleError as err:
+        raise UntrustedCheckpointError(
+            f"refused to load {path}: {err} (it rebuilds only tensors, numpy arrays and plain containers). "
+            + TRUST_HINT,
+            err.name,
+        ) from None
+
+
+def _refuse_unloaded(obj: Any, path: Path, what: str) -> None:
+    found = safe_pickle.find_unloaded(obj)
+    if found is not None:
+        where, name = found
+        raise UntrustedCheckpointError(
+            f"refused to load {path}: {what} holds an object of class {name} at {where}, which the safe loader does "
+            f"not rebuild. {TRUST_HINT}",
+            name,
+        )
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu", trust: bool | None = None) -> Any:
+    """A whole checkpoint (e.g. to resume from), refused if any part needs more than the safe loader rebuilds."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    obj = load_torch_file(path, map_location, trust)
+    if not trust_checkpoints(trust):
+        _refuse_unloaded(obj, path, "the checkpoint")
+    return obj
 
 
 def _missing_file_message(path: Path, config_key: str | None, what: str | None) -> str:
@@ -34,12 +102,18 @@ def _missing_file_message(path: Path, config_key: str | None, what: str | None) 
 
 
 def read_state_dict(
-    path: str | Path, config_key: str | None = None, what: str | None = None, map_location: str = "cpu"
+    path: str | Path,
+    config_key: str | None = None,
+    what: str | None = None,
+    map_location: str = "cpu",
+    trust: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.ckpt``/``.pth``/``.pt``/``.bin`` (torch) or ``.safetensors``.
 
     A ``state_dict`` entry (Lightning, mmcv) is unwrapped, and so is a leading ``module.`` (DDP) prefix.
-    ``config_key`` and ``what`` only improve the error message when the file is missing.
+    ``config_key`` and ``what`` only improve the error message when the file is missing. Torch files are read by
+    ``load_torch_file`` (no code from the file runs unless ``trust`` / ``TRUST_ENV``); metadata next to the
+    state dict may hold unknown classes, the state dict itself may not.
     """
     path = Path(path)
     if not path.is_file():
@@ -53,16 +127,15 @@ def read_state_dict(
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"could not read {path} as safetensors (truncated or corrupt?): {err}") from err
     try:
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-        except pickle.UnpicklingError:
-            # Old Lightning/mmcv checkpoints pickle non-tensor metadata that weights_only refuses.
-            log.warning("%s holds non-tensor objects; loading it with weights_only=False (trusted files only)", path)
-            obj = torch.load(path, map_location=map_location, weights_only=False)
+        obj = load_torch_file(path, map_location, trust)
+    except CheckpointError:
+        raise
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError, ValueError) as err:
         raise CheckpointError(f"could not read checkpoint {path} (truncated or corrupt?): {err}") from err
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+    if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
+    if not trust_checkpoints(trust):
+        _refuse_unloaded(obj, path, "the state dict")
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     state_dict = dict(obj)
@@ -98,6 +171,8 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    #: why an ignored key was ignored, where there is more to say than "matches an ignore pattern"
+    reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -115,11 +190,32 @@ class LoadReport:
         if self.ignored:
             groups = sorted({k.split(".")[0] for k in self.ignored})
             lines.append(f"  ignored groups: {', '.join(groups)}")
+        by_reason: dict[str, list[str]] = {}
+        for key, why in self.reasons.items():
+            by_reason.setdefault(why, []).append(key)
+        for why, keys in by_reason.items():
+            more = f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""
+            lines.append(f"  ignored {keys[0]}{more}: {why}")
         return "\n".join(lines)
 
 
 def _matches(key: str, patterns: Iterable[str]) -> bool:
     return any(key.startswith(p) or p in key for p in patterns)
+
+
+def unused_checkpoint_keys(module: nn.Module) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Keys (with shape and reason) that a released checkpoint has but ``module`` deliberately does not build.
+
+    Collected from every submodule that defines ``unused_checkpoint_keys()`` (e.g. the pose-encoder stages of
+    PGI levels an ablation does not use), prefixed with the submodule's name.
+    """
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for name, sub in module.named_modules():
+        fn = getattr(sub, "unused_checkpoint_keys", None)
+        if callable(fn):
+            prefix = f"{name}." if name else ""
+            out.update({prefix + k: v for k, v in fn().items()})
+    return out
 
 
 def load_into(
@@ -132,11 +228,14 @@ def load_into(
     """Load ``state_dict`` into ``module`` and report missing, unexpected and ignored keys.
 
     Keys matching ``DEFAULT_IGNORED_PATTERNS`` or ``ignore`` (prefixes such as ``mmpose_model.``) are reported
-    as ignored on either side. A shape mismatch always fails naming the key and both shapes; with ``strict``
-    any other missing or unexpected key fails with the list.
+    as ignored on either side. Keys that the module declares as built by the release but unused here
+    (``unused_checkpoint_keys``) are ignored with their reason when their shape is the declared one. A shape
+    mismatch always fails naming the key and both shapes; with ``strict`` any other missing or unexpected key
+    fails with the list.
     """
     patterns = tuple(DEFAULT_IGNORED_PATTERNS) + tuple(ignore)
     own = module.state_dict()
+    release_only = unused_checkpoint_keys(module)
     report = LoadReport()
     to_load: dict[str, torch.Tensor] = {}
     mismatched = []
@@ -149,6 +248,12 @@ def load_into(
                 mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
             else:
                 to_load[key] = value
+        elif key in release_only:
+            shape, why = release_only[key]
+            if tuple(value.shape) != shape:
+                mismatched.append(f"{key}: file {tuple(value.shape)} vs release layout {shape}")
+            report.ignored.append(key)
+            report.reasons[key] = why
         elif _matches(key, patterns):
             report.ignored.append(key)
         else:

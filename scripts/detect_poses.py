@@ -12,7 +12,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from grpose.checkpoint import CheckpointError  # noqa: E402
 from grpose.pose.estimator import ARCHS, BottomUpPoseEstimator  # noqa: E402
+from grpose.trust import add_trust_argument, honours_trust_flag  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -67,8 +69,10 @@ def dataset_people(result: dict[str, np.ndarray], min_score: float) -> list[dict
     return people
 
 
+@honours_trust_flag
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    add_trust_argument(ap)
     ap.add_argument("images", type=Path, help="folder of images (searched recursively)")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--arch", default="higherhrnet_w48", choices=sorted(ARCHS))
@@ -90,15 +94,18 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     checkpoint = args.checkpoint or (None if args.random_init else ARCHS[args.arch].checkpoint)
-    est = BottomUpPoseEstimator(
-        args.arch,
-        checkpoint,
-        device=args.device,
-        channel_order=args.channel_order,
-        pose_nms_threshold=args.pose_nms_threshold,
-        allow_random_init=args.random_init,
-        input_size=args.input_size,
-    )
+    try:
+        est = BottomUpPoseEstimator(
+            args.arch,
+            checkpoint,
+            device=args.device,
+            channel_order=args.channel_order,
+            pose_nms_threshold=args.pose_nms_threshold,
+            allow_random_init=args.random_init,
+            input_size=args.input_size,
+        )
+    except CheckpointError as err:
+        raise SystemExit(f"--checkpoint: {err}") from err
     paths = find_images(args.images)
     if not paths:
         raise SystemExit(f"no images found under {args.images}")

@@ -1,7 +1,8 @@
 """FID/KID (per scene, scene mean and pooled) and CLIP-score of the panels written by eval_pose.py.
 
     python scripts/eval_quality.py --images OUTDIR --real_map MAPPING_JSON --base DIR \
-        [--inception models/pt_inception-2015-12-05-6726825d.pth] [--clip CLIP_CKPT] [--out metrics_quality.json]
+        [--inception models/pt_inception-2015-12-05-6726825d.pth] [--clip CLIP_CKPT] [--clip_model ViT-B-16-quickgelu]
+        [--out metrics_quality.json]
 
 Generated panels ``OUTDIR/images/<scene>/<name>.<ext>`` are [generated | skeleton | prompt | ground truth] strips of
 square tiles; the first H columns (H = panel height) are the generated image. Real images: the mapping entries
@@ -29,6 +30,7 @@ if str(ROOT) not in sys.path:
 
 from grpose.data.pose_dataset import load_mapping, scene_of  # noqa: E402
 from grpose.metrics.quality import (  # noqa: E402
+    DEFAULT_CLIP_MODEL,
     INCEPTION_FILENAME,
     InceptionFeatures,
     center_crop_resize,
@@ -47,7 +49,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base", default=None, help="dataset root the mapping's img_path is relative to")
     p.add_argument("--inception", default=str(ROOT / "models" / INCEPTION_FILENAME), help="local FID Inception")
     p.add_argument("--clip", default=None, help="local open_clip checkpoint; CLIP-score is skipped without it")
-    p.add_argument("--clip_model", default="ViT-L-14-quickgelu", help="open_clip model name of --clip")
+    p.add_argument(
+        "--clip_model",
+        default=DEFAULT_CLIP_MODEL,
+        help=f"open_clip model name of --clip (default {DEFAULT_CLIP_MODEL}: OpenAI ViT-B/16, as the paper's table)",
+    )
     p.add_argument("--fid_feature", type=int, default=64, choices=(64, 192, 768, 2048), help="64 as released")
     p.add_argument("--kid_feature", type=int, default=2048, choices=(64, 192, 768, 2048))
     p.add_argument("--kid_subset_size", type=int, default=200)
@@ -160,8 +166,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             count += res["num_pairs"]
         result["clip_score"] = total / count if count else None
         result["clip_model"] = args.clip_model
+        result["clip_checkpoint"] = str(args.clip)
     else:
         result["clip_score"] = None
+        result["clip_model"] = None
         print("CLIP-score skipped (pass --clip PATH to a local open_clip checkpoint)", file=sys.stderr)
     result["image_size"] = size
 

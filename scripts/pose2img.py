@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from grpose.trust import add_trust_argument, honours_trust_flag  # noqa: E402
+
 log = logging.getLogger("grpose.pose2img")
 
 
@@ -69,8 +71,10 @@ def load_pose(
     return render_skeleton(pose, size, size), pose
 
 
+@honours_trust_flag
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_trust_argument(p)
     p.add_argument("--config", nargs="+", required=True)
     p.add_argument("--ckpt", required=True)
     p.add_argument("--pose", required=True, type=Path)

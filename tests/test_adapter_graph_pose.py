@@ -136,3 +136,66 @@ def test_hint_of_the_wrong_size_is_rejected_clearly():
     x, t, context, hint = tiny_inputs()
     with pytest.raises(ValueError, match=r"expected \(B, C, 64, 64\)"):
         adapter(x, t, context, hint[:, :, :32, :32])
+
+
+def _release_layout(adapter: GraphPoseAdapter, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A state dict as the release saves it for this config: ours plus every pose-encoder stage, used or not."""
+    state = {prefix + k: v.clone() for k, v in adapter.state_dict().items()}
+    for key, (shape, _) in adapter.unused_checkpoint_keys().items():
+        state[prefix + key] = torch.randn(shape)
+    return state
+
+
+def test_fewer_levels_release_layout_is_the_full_pose_encoder():
+    """pgi_levels_12 ablation at real size: our keys plus the declared unused ones are exactly the release's
+    pose encoder (which the release builds with all four stages whatever inject_layers says)."""
+    config = load_config(ROOT / "configs/grpose/humanart.yaml", ROOT / "configs/grpose/ablations/pgi_levels_12.yaml")
+    assert list(config.model.params.adapter.params.inject_layers) == [1, 4]
+    with torch.device("meta"):
+        adapter = instantiate(config.model.params.adapter)
+    ours = {k: tuple(v.shape) for k, v in adapter.state_dict().items() if k.startswith("pose_encoder.")}
+    unused = {k: shape for k, (shape, _) in adapter.unused_checkpoint_keys().items()}
+    expected = {k: v for k, v in read_manifest("control_model.").items() if k.startswith("pose_encoder.")}
+    assert set(ours).isdisjoint(unused) and {**ours, **unused} == expected
+    assert sorted(unused) == [
+        f"pose_encoder.{part}.{level}{sub}.{p}"
+        for part, sub in (("extractors", ".0"), ("zero_convs", ""))
+        for level in (2, 3)
+        for p in ("bias", "weight")
+    ]
+
+
+@pytest.mark.parametrize("inject_layers", ["[1,4]", "[4]", "[]"])
+def test_fewer_levels_release_checkpoint_loads_strictly_reporting_unused_stages(inject_layers):
+    from grpose.checkpoint import CheckpointError, load_into
+
+    _, adapter = tiny_parts(inject_layers=inject_layers)
+    state = _release_layout(adapter)
+    unused = adapter.unused_checkpoint_keys()
+    assert unused  # tiny has 4 levels; none of these configs uses all of them
+    _, fresh = tiny_parts(inject_layers=inject_layers)
+    report = load_into(fresh, state, strict=True, source="release.ckpt")
+    assert report.ok and set(unused) <= set(report.ignored) and set(report.reasons) == set(unused)
+    assert all(f"inject_layers={adapter.inject_layers}" in why for why in report.reasons.values())
+    assert "does not use" in report.summary() and next(iter(unused)) in report.summary()
+    for key, value in adapter.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value)
+    # a declared key with another shape is another architecture, not an unused stage
+    key, (shape, _) = next(iter(unused.items()))
+    bad = dict(state, **{key: torch.zeros(shape[0] + 1, *shape[1:])})
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_into(fresh, bad, strict=True)
+    with pytest.raises(CheckpointError, match="unexpected"):
+        load_into(fresh, dict(state, **{"pose_encoder.extractors.9.0.weight": torch.zeros(1)}), strict=True)
+
+
+def test_fewer_levels_release_checkpoint_loads_into_the_whole_model():
+    from grpose.checkpoint import load_into
+
+    config = load_config(TINY, ROOT / "configs/grpose/ablations/pgi_levels_12.yaml")
+    model = instantiate(config.model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for key, (shape, _) in model.control_model.unused_checkpoint_keys().items():
+        state["control_model." + key] = torch.randn(shape)
+    report = load_into(model, state, strict=True, ignore=("mmpose_model.",), source="release.ckpt")
+    assert report.ok and "control_model.pose_encoder.extractors.2.0.weight" in report.reasons

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grpose.data.pose_dataset import PoseDataset
-from grpose.data.transforms import resized_shape
+from grpose.data.transforms import clean_pose, crop_geometry, resized_shape
 from grpose.pose.skeleton import COCO_FLIP_INDEX, hint_from_pose
 
 
@@ -72,13 +72,41 @@ def test_keypoints_land_on_their_dots(tmp_path, height, width, train, flip):
             new_h, new_w = resized_shape(height, width, 48)
             top, left = (new_h - 48) // 2, (new_w - 48) // 2
             for joint, (x, y) in zip((9, 5, 0, 15), dots):
-                cx, cy = x * new_w / width - left, y * new_h / height - top
+                scale = 48 / min(height, width)  # one factor for both axes, as albumentations' SmallestMaxSize
+                cx, cy = x * scale - left, y * scale - top
                 inside = 0 <= cx < 48 and 0 <= cy < 48
                 assert (pose[joint, 2] > 0) == inside
                 if inside:
                     assert pose[joint, 0] == pytest.approx(cx, abs=1e-4) and pose[joint, 1] == pytest.approx(
                         cy, abs=1e-4
                     )
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "size"),
+    [(333, 500, 512), (500, 333, 512), (1001, 1499, 512), (683, 1024, 512), (90, 200, 48), (77, 77, 48)],
+)
+def test_resize_scales_keypoints_by_one_factor_like_smallest_max_size(height, width, size):
+    """albumentations 1.3.0 SmallestMaxSize: image to round(W*s) x round(H*s), keypoints times s on both axes."""
+    s = size / min(height, width)
+    new_h, new_w = resized_shape(height, width, size)
+    assert (new_h, new_w) == (round(height * s), round(width * s))
+    geometry = crop_geometry(height, width, size, rng=None)
+    assert geometry.scale_x == geometry.scale_y == s
+    assert (geometry.resized_height, geometry.resized_width) == (new_h, new_w)
+    xs = np.linspace(0, width - 1, 9)
+    ys = np.linspace(0, height - 1, 9)
+    people = [np.stack([np.r_[xs, xs[:8]], np.r_[ys, ys[::-1][:8]], np.ones(17)], axis=1)]
+    pose = clean_pose(people, height, width, geometry)[0]
+    ex, ey = people[0][:, 0] * s - geometry.left, people[0][:, 1] * s - geometry.top
+    inside = (ex >= 0) & (ex < size) & (ey >= 0) & (ey < size)
+    assert inside.any() and ((pose[:, 2] > 0) == inside).all()
+    assert pose[inside, 0] == pytest.approx(ex[inside].astype(np.float32), abs=1e-4)
+    assert pose[inside, 1] == pytest.approx(ey[inside].astype(np.float32), abs=1e-4)
+    if (new_w / width, new_h / height) != (s, s):  # the per-axis ratios of the rounded size would differ
+        rx = people[0][inside, 0] * new_w / width - geometry.left
+        ry = people[0][inside, 1] * new_h / height - geometry.top
+        assert max(np.abs(rx - pose[inside, 0]).max(), np.abs(ry - pose[inside, 1]).max()) > 1e-3
 
 
 def test_flip_swaps_left_and_right(tmp_path):

@@ -135,16 +135,38 @@ def test_quality_metrics_from_the_same_command(setup, tmp_path):
     net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
     inception = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     torch.save(net.state_dict(), inception)
+    clip_name, clip = _tiny_clip(tmp_path)
     config = tmp_path / "metrics.yaml"
-    config.write_text(
-        Path(TINY_METRICS).read_text().replace("inception: null", f"inception: {inception}") + "  kid_subset_size: 2\n"
-    )
+    text = Path(TINY_METRICS).read_text().replace("inception: null", f"inception: {inception}")
+    text = text.replace("clip: null", f"clip: {clip}\n  clip_arch: {clip_name}")
+    config.write_text(text + "  kid_subset_size: 2\n")
     args = argv(root, ckpt, tmp_path / "o", "--metrics", "all", "--limit", "3")
     args[args.index("--config_metrics") + 1] = str(config)
     eval_pose.main(args)
     quality = metrics(tmp_path / "o")["quality"]
     assert quality["fid_pooled"] is not None and quality["fid_pooled"] >= 0
     assert set(quality["per_scene"]) and "pose" in metrics(tmp_path / "o")
+    # metrics.json says which CLIP model scored the CLIP-score
+    assert quality["clip_model"] == clip_name and quality["clip_checkpoint"] == str(clip)
+    assert 0 <= quality["clip_score"] <= 100
+
+
+def _tiny_clip(tmp_path: Path) -> tuple[str, Path]:
+    """A random tiny open_clip model registered under a test name, and its state-dict file."""
+    import open_clip
+
+    name = "grpose-test-tiny-clip-eval"
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / f"{name}.json")
+    torch.manual_seed(0)
+    path = tmp_path / "tiny_clip.pt"
+    torch.save(open_clip.create_model(name).state_dict(), path)
+    return name, path
 
 
 def test_pose2img_from_npz_json_and_skeleton_image(setup, tmp_path):

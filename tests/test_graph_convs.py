@@ -86,3 +86,25 @@ def test_gcn_runs_under_bf16_autocast_with_the_same_graph():
     y = torch.randn(2, 16, 40)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(dense_knn(y, 6), dense_knn(y, 6, chunk_size=3))
+
+
+def test_gin_eps_has_vig_shape_and_vig_state_dicts_load_strictly(tmp_path):
+    """ViG's GINConv2d stores ``eps`` as a (1,) parameter: ours saves (1,) and loads such a state dict strictly."""
+    gcn = GCN(16, kernel_size=4, conv="gin")
+    state = gcn.state_dict()
+    assert state["graph_conv.gconv.eps"].shape == (1,)
+    torch.save(state, tmp_path / "gin.pt")
+    assert torch.load(tmp_path / "gin.pt", weights_only=True)["graph_conv.gconv.eps"].shape == (1,)
+    vig_layout = {k: v.clone() for k, v in state.items()}
+    vig_layout["graph_conv.gconv.eps"] = torch.tensor([0.25])
+    fresh = GCN(16, kernel_size=4, conv="gin")
+    result = fresh.load_state_dict(vig_layout, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert fresh.graph_conv.gconv.eps.shape == (1,) and fresh.graph_conv.gconv.eps.item() == 0.25
+    # (1 + eps) weights the centre node: eps = 0.25 changes the output
+    x = torch.randn(1, 16, 5, 5)
+    assert not torch.allclose(fresh.eval()(x), gcn.eval()(x))
+    # our earlier 0-d layout still loads (reshaped to (1,))
+    legacy = dict(vig_layout, **{"graph_conv.gconv.eps": torch.tensor(0.5)})
+    fresh.load_state_dict(legacy, strict=True)
+    assert fresh.graph_conv.gconv.eps.shape == (1,) and fresh.graph_conv.gconv.eps.item() == 0.5

@@ -10,6 +10,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from grpose.metrics.cocoeval import XtCOCOeval
 from grpose.metrics.pose import (
     COCO_SIGMAS,
     STAT_KEYS,
@@ -130,18 +131,52 @@ def test_oks_of_shifted_joint_matches_hand_value_and_protocol_area(protocol):
     assert (ann["area"] > area_other) == (protocol == "released")
 
 
-def test_released_gt_id_zero_loses_its_match():
+def test_released_gt_id_zero_is_matched_as_in_xtcocotools():
+    # the release scored with xtcocotools (-1 = unmatched): the GT person with annotation id 0 counts normally
     rng = np.random.default_rng(3)
-    gt = _empty(1, slots=2)
-    gt[0, 0] = _person(rng, 200, 250)
+    gt = _empty(4, slots=2)
+    for i in range(4):
+        gt[i, 0] = _person(rng, 200, 250)
     assert gt_annotations(gt, None, 512, 512, "released")["annotations"][0]["id"] == 0
     assert gt_annotations(gt, None, 512, 512, "corrected")["annotations"][0]["id"] == 1
     dets = _perfect(gt)
-    assert evaluate_keypoint_ap(gt, dets, 512, 512, "corrected")["ap"] == pytest.approx(1.0)
-    rel = evaluate_keypoint_ap(gt, dets, 512, 512, "released")
-    assert rel["ap"] == pytest.approx(0.0) and rel["ar"] == pytest.approx(0.0)
-    # CAP uses -1 sentinels in the release: no id-0 loss there
-    assert evaluate_cap(gt, dets, 512, 512, "released", slip=False)["ap"] == pytest.approx(1.0)
+    for protocol in ("corrected", "released"):
+        res = evaluate_keypoint_ap(gt, dets, 512, 512, protocol)
+        assert res["ap"] == pytest.approx(1.0) and res["ar"] == pytest.approx(1.0)
+        assert evaluate_cap(gt, dets, 512, 512, protocol, slip=False)["ap"] == pytest.approx(1.0)
+    batch = evaluate_pose_alignment(gt, dets, 512, 512, "released", batch_size=4)
+    assert batch["ap_batch_mean"] == pytest.approx(1.0) and batch["ap"] == pytest.approx(1.0)
+    # pycocotools' 0 sentinel would have lost that match (the behaviour we no longer reproduce)
+    raw = dt_annotations(dets)
+    assert _silent_eval(gt_annotations(gt, None, 512, 512, "released"), raw).stats[0] < 0.6
+
+
+def test_xtcocoeval_matching_is_independent_of_the_id_values():
+    """Released ids (from 0) under XtCOCOeval give the same matches and stats as the same GT renumbered from 1
+    under pycocotools, and XtCOCOeval equals pycocotools whenever ids start at 1."""
+    gt, dets = _random_set(seed=11, n=8)
+    released = gt_annotations(gt, None, 512, 512, "released")
+    assert min(a["id"] for a in released["annotations"]) == 0
+    shifted = copy.deepcopy(released)
+    for a in shifted["annotations"]:
+        a["id"] += 1
+    raw = dt_annotations(dets)
+    ref = _silent_eval(shifted, raw).stats[:10]
+    ours = evaluate_keypoint_ap(gt, dets, 512, 512, "released")
+    assert [ours[k] for k in STAT_KEYS] == pytest.approx(list(ref), abs=0)
+    assert 0.0 < ours["ap"] < 1.0
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(shifted)
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(copy.deepcopy(raw))
+        xt = XtCOCOeval(coco_gt, coco_dt, "keypoints")
+        xt.evaluate()
+        xt.accumulate()
+        xt.summarize()
+    assert list(xt.stats[:10]) == pytest.approx(list(ref), abs=0)
+    gt_ids = {a["id"] for a in shifted["annotations"]} | {-1}
+    assert all(set(np.unique(e["dtMatches"])) <= gt_ids for e in xt.evalImgs if e is not None)
 
 
 def test_cap_slip_ignores_detected_y_order():
@@ -214,8 +249,9 @@ def test_batch_rows_with_minus_one():
     dets = _perfect(gt)
     rel = evaluate_pose_alignment(gt, dets, 512, 512, "released", batch_size=1)
     cor = evaluate_pose_alignment(gt, dets, 512, 512, "corrected", batch_size=1)
-    # released: the first image's only person has id 0 (AP 0); its ap_m row is -1 and is averaged in
-    assert rel["ap_m_batch_mean"] == pytest.approx((-1 + 0) / 2)
+    # released: the first image has no medium person, its ap_m row is -1 and is averaged in
+    assert rel["ap_m_batch_mean"] == pytest.approx((-1 + 1) / 2)
+    assert rel["ap_l_batch_mean"] == pytest.approx((1 + -1) / 2) and rel["ap_batch_mean"] == pytest.approx(1.0)
     assert cor["ap_m_batch_mean"] == pytest.approx(1.0) and cor["ap_l_batch_mean"] == pytest.approx(1.0)
 
 

@@ -176,5 +176,33 @@ def test_eval_quality_script_end_to_end(tmp_path, inception_path, tiny_clip):
     assert saved["per_scene"]["dance"]["num_real"] == 4 and saved["per_scene"]["dance"]["num_fake"] == 3
     assert saved["image_size"] == 24 and math.isfinite(saved["fid_pooled"]) and saved["fid_pooled"] > 0
     assert 0 <= res["clip_score"] <= 100 and "clip_score" in saved["per_scene"]["sculpture"]
+    assert saved["clip_model"] == TINY_CLIP and saved["clip_checkpoint"] == str(tiny_clip)
     res2 = eval_quality.main([*args, "--matched_only", "--out", str(tmp_path / "m.json")])
     assert res2["per_scene"]["dance"]["num_real"] == 3 and res2["clip_score"] is None
+
+
+def test_default_clip_model_is_openai_vit_b16_as_in_the_paper_table():
+    """HumanSD / Stable-Pose scored CLIP-score with torchmetrics CLIPScore and openai/clip-vit-base-patch16."""
+    import inspect
+
+    import open_clip
+    from omegaconf import OmegaConf
+
+    from grpose.metrics.quality import DEFAULT_CLIP_MODEL
+
+    assert DEFAULT_CLIP_MODEL == "ViT-B-16-quickgelu"
+    assert inspect.signature(load_clip).parameters["model_name"].default == DEFAULT_CLIP_MODEL
+    cfg = open_clip.get_model_config(DEFAULT_CLIP_MODEL)
+    # the architecture of openai/clip-vit-base-patch16 (hidden_act quick_gelu, projection 512)
+    assert cfg["quick_gelu"] and cfg["embed_dim"] == 512
+    assert (cfg["vision_cfg"]["patch_size"], cfg["vision_cfg"]["width"], cfg["vision_cfg"]["layers"]) == (16, 768, 12)
+    assert cfg["vision_cfg"]["image_size"] == 224 and cfg["text_cfg"]["width"] == 512
+    assert open_clip.get_pretrained_cfg("ViT-B-16", "openai")["quick_gelu"]
+    quality = OmegaConf.load(ROOT / "configs/eval/metrics.yaml").quality
+    assert quality.clip_arch == DEFAULT_CLIP_MODEL and "b16" in quality.clip
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import eval_quality
+    finally:
+        sys.path.pop(0)
+    assert eval_quality.parse_args(["--images", "x", "--real_map", "y"]).clip_model == DEFAULT_CLIP_MODEL

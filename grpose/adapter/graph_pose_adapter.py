@@ -114,6 +114,24 @@ class GraphPoseAdapter(ControlEncoder):
         self.level_of_block = level_of_block
         levels = sorted(level_of_block.values())
         self.pose_encoder = PoseEncoder(hint_channels, inject_channels, levels=levels) if levels else None
+        self._pose_encoder_args = (hint_channels, tuple(inject_channels))
+
+    def unused_checkpoint_keys(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Keys a released checkpoint of this config holds that this adapter does not build: ``{key: (shape, why)}``.
+
+        The release builds all pose-encoder stages whatever ``inject_layers`` uses; we build only the stages up to
+        the deepest used level and zero convs for used levels (none at all without PGI). ``grpose.checkpoint
+        .load_into`` reports these keys as ignored, with the reason, when a file has them with these shapes.
+        """
+        hint_channels, inject_channels = self._pose_encoder_args
+        with torch.device("meta"):
+            full = PoseEncoder(hint_channels, inject_channels).state_dict()
+        own = set(self.pose_encoder.state_dict()) if self.pose_encoder is not None else set()
+        reason = (
+            f"pose-encoder stage of a PGI level that inject_layers={self.inject_layers} does not use "
+            f"(the release builds all {len(inject_channels)} stages; unused, not built here)"
+        )
+        return {f"pose_encoder.{k}": (tuple(v.shape), reason) for k, v in full.items() if k not in own}
 
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None, hint: torch.Tensor

@@ -14,7 +14,12 @@ MISSING_KEYPOINT = (-1.0, -1.0, 0.0)
 
 @dataclass(frozen=True)
 class CropGeometry:
-    """Where the output square comes from: per-axis resize factors, resized size and the crop's top-left corner."""
+    """Where the output square comes from: keypoint resize factors, resized size and the crop's top-left corner.
+
+    As albumentations' ``SmallestMaxSize`` (1.3.0, used by the release), keypoints are scaled by the one factor
+    ``size / min(H, W)`` on both axes, not by the per-axis ratios of the rounded image size (they differ by up to
+    half a pixel on the long axis), so ``scale_x == scale_y``.
+    """
 
     scale_x: float
     scale_y: float
@@ -25,9 +30,14 @@ class CropGeometry:
     size: int
 
 
+def resize_scale(height: int, width: int, size: int) -> float:
+    """The shorter-side resize factor ``size / min(H, W)`` (image and keypoints, albumentations SmallestMaxSize)."""
+    return size / min(height, width)
+
+
 def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     """(new_height, new_width) with the shorter side = ``size`` (albumentations SmallestMaxSize rounding)."""
-    scale = size / min(height, width)
+    scale = resize_scale(height, width, size)
     return int(round(height * scale)), int(round(width * scale))
 
 
@@ -44,7 +54,8 @@ def crop_geometry(height: int, width: int, size: int, rng: np.random.Generator |
     else:
         top = (new_h - size) // 2
         left = (new_w - size) // 2
-    return CropGeometry(new_w / width, new_h / height, new_w, new_h, left, top, size)
+    scale = resize_scale(height, width, size)
+    return CropGeometry(scale, scale, new_w, new_h, left, top, size)
 
 
 def resize_and_crop(image: np.ndarray, geometry: CropGeometry) -> np.ndarray:
@@ -69,10 +80,11 @@ def clean_pose(
     """Keypoints of the first ``max_person_num`` people in output-crop pixels, (max_person_num, K, 3) float32.
 
     A keypoint survives when it is finite, inside the original image, has score > ``keypoint_thresh`` and lands
-    inside the crop after scaling by the image's resize factors and shifting by the crop corner (reference §2.2-2.4;
-    unlike the release, out-of-image keypoints are missing rather than (0, 0), quirk Q14). Everything else, and
-    every absent person, is ``(-1, -1, 0)``. With ``flip`` the crop is mirrored (x -> size - 1 - x, so pixel
-    column c maps to size - 1 - c as the flipped image does) and left/right joints swap (``COCO_FLIP_INDEX``).
+    inside the crop after scaling by the resize factor (one for both axes) and shifting by the crop corner
+    (reference §2.2-2.4; unlike the release, out-of-image keypoints are missing rather than (0, 0), quirk Q14).
+    Everything else, and every absent person, is ``(-1, -1, 0)``. With ``flip`` the crop is mirrored
+    (x -> size - 1 - x, so pixel column c maps to size - 1 - c as the flipped image does) and left/right joints
+    swap (``COCO_FLIP_INDEX``).
     """
     pose = np.tile(np.asarray(MISSING_KEYPOINT, np.float32), (max_person_num, keypoint_num, 1))
     for p, keypoints in enumerate(people[:max_person_num]):

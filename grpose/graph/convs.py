@@ -159,12 +159,22 @@ class GraphSAGE(nn.Module):
 
 
 class GIN(nn.Module):
-    """GIN (ViG): out = nn((1 + eps) y_i + sum_j y_j), learnable scalar ``eps`` (init 0), keys ``nn.0``."""
+    """GIN (ViG): out = nn((1 + eps) y_i + sum_j y_j), learnable ``eps`` (init 0), keys ``nn.0``.
+
+    ``eps`` has shape (1,) as ViG's ``GINConv2d`` stores it (``torch.Tensor([0.0])``), so its checkpoints load
+    strictly; a 0-d ``eps`` (our earlier layout) is reshaped on load.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, groups: int = 4, bias: bool = True) -> None:
         super().__init__()
         self.nn = basic_conv(in_channels, out_channels, groups, bias)
-        self.eps = nn.Parameter(torch.zeros(()))
+        self.eps = nn.Parameter(torch.zeros(1))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001 (torch signature)
+        key = prefix + "eps"
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, y: torch.Tensor, idx: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """y (B, C, N), idx (B, N, k) -> (B, Cout, N)."""

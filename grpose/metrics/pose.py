@@ -13,6 +13,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from grpose.metrics.cocoeval import XtCOCOeval
 from grpose.metrics.similarity import COCO_SIGMAS, NUM_JOINTS, SimilarityCOCOeval, weighted_cosine_similarity
 
 logger = logging.getLogger(__name__)
@@ -92,11 +93,11 @@ def gt_annotations(
     """Build a COCO keypoint ground-truth dict from input poses (metrics.md "Ground truth"; Q19).
 
     A person slot is a GT person when one of its joints has x > 0 (missing joints are (-1, -1, 0)).
-    ``protocol='released'`` reproduces the release: keypoints stored as (x, y, score) so that pycocotools'
+    ``protocol='released'`` reproduces the release: keypoints stored as (x, y, score) so that COCOeval's
     ``v > 0`` test means score > 0, ``num_keypoints`` = number of joints with x > 0, bbox/area from min/max over
     all 17 rows (the (-1, -1) placeholders included, which enlarges the area), annotation id =
-    ``P * position + slot`` (P = number of slots), so the first person of the first image gets id 0, which
-    pycocotools' ``evaluateImg``/``accumulate`` treat as "unmatched" (``dtm == 0``): its match is a false positive.
+    ``P * position + slot`` (P = number of slots), so the first person of the first image gets id 0; the release
+    scored with xtcocotools, whose -1 "unmatched" sentinel matches id 0 normally (``XtCOCOeval`` does the same).
     ``protocol='corrected'``: visible = score > 0 (stored as v = 2, else v = 0), ``num_keypoints`` = number of
     visible joints (0 -> COCOeval ignores the person), bbox/area from the visible joints only (from the x > 0
     joints when none is visible), ids from 1.
@@ -235,13 +236,11 @@ def _prepare(
 def _keypoint_stats(people, dets, heights, widths, protocol: str) -> np.ndarray:
     gt = gt_annotations(people, None, heights, widths, protocol)
     coco_gt, coco_dt = _coco_pair(gt, dt_annotations(dets))
-    return _run_eval(COCOeval(coco_gt, coco_dt, "keypoints"))
+    return _run_eval(XtCOCOeval(coco_gt, coco_dt, "keypoints"))
 
 
 def _cap_stats(people, dets, heights, widths, protocol: str, slip: bool) -> np.ndarray:
     gt = gt_annotations(people, None, heights, widths, protocol)
-    for k, ann in enumerate(gt["annotations"]):  # -1 sentinel in the release = ids from 1 here (Q19 is AP-only)
-        ann["id"] = k + 1
     coco_gt, coco_dt = _coco_pair(gt, dt_annotations(dets))
     return _run_eval(SimilarityCOCOeval(coco_gt, coco_dt, slip=slip, nan_policy=protocol))
 
@@ -256,9 +255,10 @@ def evaluate_keypoint_ap(
 ) -> dict[str, float]:
     """COCO keypoint AP/AR over the whole set (metrics.md "AP / AR"): keys ``STAT_KEYS`` = stats[0..9].
 
-    pycocotools COCOeval, iouType 'keypoints', COCO-17 sigmas, OKS .50:.05:.95, maxDets [20], area ranges
-    all/medium/large. -1 means "no GT person in that area range". ``protocol`` selects the GT construction
-    (see ``gt_annotations``). ``image_ids`` (unique sortable keys) fix a canonical image order.
+    ``XtCOCOeval`` (pycocotools with xtcocotools' -1 "unmatched" sentinel), iouType 'keypoints', COCO-17 sigmas,
+    OKS .50:.05:.95, maxDets [20], area ranges all/medium/large. -1 means "no GT person in that area range".
+    ``protocol`` selects the GT construction (see ``gt_annotations``). ``image_ids`` (unique sortable keys) fix a
+    canonical image order.
     """
     _check_protocol(protocol)
     people, dets, hs, ws = _prepare(gt_poses, detections, height, width, image_ids)

@@ -26,10 +26,14 @@ INCEPTION_DESCRIPTION = (
     "PyTorch state dict; pytorch-fid ships it under this name, torch-fidelity as "
     "'weights-inception-2015-12-05-6726825d.pth' - either file works)"
 )
+#: open_clip model name of the CLIP-score model the paper's table used: OpenAI ViT-B/16 (HumanSD / Stable-Pose
+#: metric code: torchmetrics CLIPScore with ``openai/clip-vit-base-patch16``); OpenAI weights use QuickGELU.
+DEFAULT_CLIP_MODEL = "ViT-B-16-quickgelu"
 CLIP_DESCRIPTION = (
     "an open_clip checkpoint file for the chosen model (state dict, .safetensors, or the OpenAI TorchScript "
-    "'ViT-L-14.pt'; e.g. open_clip_pytorch_model.bin of the OpenAI ViT-L/14 weights - use model name "
-    "'ViT-L-14-quickgelu' for OpenAI weights)"
+    "'ViT-B-16.pt'; e.g. open_clip_pytorch_model.bin of the OpenAI ViT-B/16 weights, hub repo "
+    "timm/vit_base_patch16_clip_224.openai, with model name 'ViT-B-16-quickgelu'; other models: pass their "
+    "open_clip name, e.g. 'ViT-L-14-quickgelu' for OpenAI ViT-L/14)"
 )
 FEATURE_NAMES = ("64", "192", "768", "2048")
 
@@ -256,12 +260,13 @@ def center_crop_resize(image: Image.Image, size: int) -> Tensor:
 
 
 def load_clip(
-    checkpoint: str | Path, model_name: str = "ViT-L-14-quickgelu", device: str | torch.device = "cpu"
+    checkpoint: str | Path, model_name: str = DEFAULT_CLIP_MODEL, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, Any, Any]:
     """open_clip model, eval image transform and tokenizer from a LOCAL checkpoint file (nothing downloaded).
 
-    The OpenAI ViT-L/14 weights (torchmetrics' CLIPScore default) need ``ViT-L-14-quickgelu``; LAION weights use
-    ``ViT-L-14``."""
+    Default: the OpenAI ViT-B/16 weights (``ViT-B-16-quickgelu``) that the paper's CLIP-score used. Other models
+    by their open_clip name, e.g. OpenAI ViT-L/14 (torchmetrics' CLIPScore default) ``ViT-L-14-quickgelu``,
+    LAION weights ``ViT-L-14``."""
     import open_clip
 
     path = _require_file(checkpoint, CLIP_DESCRIPTION, "--clip / metrics.clip_path")

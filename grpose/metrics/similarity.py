@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+
+from grpose.metrics.cocoeval import XtCOCOeval
 
 #: COCO-17 per-keypoint OKS sigmas (metrics.md "AP / AR").
 COCO_SIGMAS = np.array(
@@ -63,12 +64,11 @@ def weighted_cosine_similarity(gt_kpts: np.ndarray, dt_kpts: np.ndarray, slip: b
         return float(np.dot(gv, dv) / denom)
 
 
-class SimilarityCOCOeval(COCOeval):
+class SimilarityCOCOeval(XtCOCOeval):
     """Keypoint COCOeval whose OKS matrix is replaced by the CAP similarity (metrics.md "CAP"; Q16).
 
-    Matching, thresholds (.50:.05:.95), area ranges and accumulation are pycocotools'. The release's similarity
-    evaluator uses -1 as the "unmatched" sentinel, so GT id 0 is matched normally there; callers must give GT ids
-    >= 1 (``evaluate_cap`` renumbers) to reproduce that with pycocotools' ``dtm == 0`` convention.
+    Matching (with the -1 "unmatched" sentinel of the release, so GT id 0 is matched normally), thresholds
+    (.50:.05:.95), area ranges and accumulation are those of ``XtCOCOeval``.
     """
 
     def __init__(self, coco_gt: COCO, coco_dt: COCO, slip: bool, nan_policy: str) -> None:
