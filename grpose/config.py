@@ -32,7 +32,6 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-
 DEFAULTS_KEY = "defaults"  # the list of files a config file is built on
 
 
