@@ -14,18 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from grpose.checkpoint import CheckpointError, read_state_dict
-from grpose.pose.grouping import (
-    COCO_FLIP_INDEX,
-    COCO_SIGMAS,
-    GroupingParams,
-    Solver,
-    group_to_image,
-    munkres_1_1_4,
-    parse,
-    people_to_results,
-)
+from grpose.pose.assignment import Solver, munkres_1_1_4
+from grpose.pose.grouping import GroupingParams, group_to_image, parse
 from grpose.pose.higherhrnet import HRNET_VARIANTS, HigherHRNet, load_state_dict_strict
 from grpose.pose.mobilenetv2 import MobileNetV2AE, rename_mmpose_key
+from grpose.pose.nms import people_to_results
+from grpose.pose.skeleton import COCO_FLIP_INDEX, COCO_SIGMAS
 
 log = logging.getLogger(__name__)
 

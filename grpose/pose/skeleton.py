@@ -52,6 +52,14 @@ LIMBS: tuple[tuple[int, int], ...] = (
 # Index of the mirrored joint: a horizontal flip maps joint i to COCO_FLIP_INDEX[i].
 COCO_FLIP_INDEX: tuple[int, ...] = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
 
+# Per-keypoint OKS sigmas as mmpose's COCO dataset_info writes them (0.026, ...), used by pose NMS
+# (docs/pose_pipeline.md §2.1). grpose/metrics keeps pycocotools' float form of the same table, [.26, ...] / 10,
+# which differs in the last bit (<= 1.4e-17): each side matches its reference implementation bit for bit.
+COCO_SIGMAS = np.array(
+    [0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087]
+    + [0.089, 0.089]
+)
+
 
 def _hls_palette(num_colors: int, h: float = 0.01, l: float = 0.6, s: float = 0.65) -> tuple[tuple[int, int, int], ...]:
     """seaborn's ``color_palette("hls", n)``: hues i/n + h, fixed lightness/saturation, as int(255*c) RGB."""
