@@ -37,7 +37,7 @@ class _DiffusionWrapper(nn.Module):
 
 
 class GRPoseModel(pl.LightningModule):
-    """Frozen SD1.5 + a trainable pose adapter (GRPose, paper Sec. 3; DESIGN.md sections 3 and 5).
+    """Frozen SD1.5 + a trainable pose adapter (GRPose, paper Sec. 3; docs/design.md §3, docs/checkpoints.md).
 
     State-dict layout: ``model.diffusion_model.*`` (UNet), ``first_stage_model.*`` (VAE), ``cond_stage_model.*``
     (CLIP text encoder), ``control_model.*`` (adapter) and the ldm schedule buffers. The optional pose feature
@@ -160,7 +160,7 @@ class GRPoseModel(pl.LightningModule):
     def apply_model(
         self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, hint: torch.Tensor
     ) -> torch.Tensor:
-        """eps prediction of the frozen UNet steered by the adapter's 13 residuals (DESIGN.md section 3)."""
+        """eps prediction of the frozen UNet steered by the adapter's 13 residuals (docs/design.md §3)."""
         control = self.control_model(z_t, t, context, hint)
         return self.unet(z_t, t, context, control=list(control))
 
@@ -172,12 +172,12 @@ class GRPoseModel(pl.LightningModule):
 
     # ------------------------------------------------------------------ losses
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Per-sample loss terms of one training step (DESIGN.md section 3)."""
+        """Per-sample loss terms of one training step (docs/design.md §3)."""
         images = self.batch_images(batch, "jpg")  # (B, 3, H, W) in [-1, 1]
         hint = self.batch_images(batch, "hint")  # (B, 3, H, W) in [-1, 1]
         z0 = self.encode_images(images)  # (B, 4, H/8, W/8)
         context = self.encode_text(batch["txt"])  # (B, 77, C)
-        # Only the last kernel's mask weights the loss, as released (§3.5): the others are not computed.
+        # Only the last kernel's mask weights the loss, as released (docs/release_behaviours.md §3.5).
         masks = pose_masks(hint, kernel_sizes=self.gaussian_kernels[-1:], sigma=self.mask_sigma)  # (1, B, H/8, W/8)
         mask = masks[-1].unsqueeze(1).to(z0.dtype)  # (B, 1, H/8, W/8)
         t = torch.randint(0, self.num_timesteps, (z0.shape[0],), device=z0.device)
@@ -197,7 +197,7 @@ class GRPoseModel(pl.LightningModule):
         """w · ᾱ_t · ||F(D(x̂0)) − F(x)||² per sample (paper Sec. 3.3), differentiable w.r.t. the adapter.
 
         x̂0 is predicted from eps, decoded by the frozen VAE and fed to the frozen pose network F; gradients
-        flow through both into eps (the released code detached this term, quirk Q1).
+        flow through both into eps (the released code detached this term, docs/release_behaviours.md Q1).
         """
         pose_net = self.pose_feature_network
         pose_net.to(device=images.device)
@@ -273,7 +273,7 @@ class GRPoseModel(pl.LightningModule):
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
-        """DDIM with classifier-free guidance (text only: the same hint in both branches, reference §11).
+        """DDIM with classifier-free guidance (text only, same hint in both branches; docs/release_behaviours.md §11).
 
         hint (B, 3, H, W) in [-1, 1]; returns images (B, 3, H, W) in [-1, 1].
         """

@@ -20,10 +20,10 @@ def munkres_package(cost_matrix: np.ndarray) -> list[tuple[int, int]]:
 
 
 def post_dark_udp(coords: np.ndarray, heatmaps: np.ndarray, kernel: int = 3) -> np.ndarray:
-    """UDP's DARK refinement (reference §2.5 'Adjust'): Newton step on the log of the blurred heatmaps.
+    """UDP's DARK refinement (docs/pose_pipeline.md §2.5 'Adjust'): Newton step on the log of the blurred heatmaps.
 
     coords (N, K, 2) float32 heatmap coordinates (every joint, detected or not), heatmaps (K, H, W) float32.
-    ``heatmaps`` is not modified: this is mmpose's CUDA behaviour (reference §2.8).
+    ``heatmaps`` is not modified: this is mmpose's CUDA behaviour (docs/pose_pipeline.md §2.8).
     """
     if kernel != 3:
         raise ValueError("only the 3x3 blur of the GRPose configs is implemented")

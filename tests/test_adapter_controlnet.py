@@ -1,4 +1,4 @@
-"""ControlNet baseline and the adapter configs: layout, zero init, residual count, config merges (issue #8)."""
+"""ControlNet baseline and the adapter configs: layout, zero init, residual count, config merges."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py --smoke: every section runs once on CPU and reports positive numbers (issue #7)."""
+"""scripts/benchmark.py --smoke: every section runs once on CPU and reports positive numbers."""
 
 from __future__ import annotations
 

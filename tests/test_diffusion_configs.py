@@ -48,7 +48,7 @@ def test_sd15_unet_parameter_count():
     config = load_config(ROOT / "configs" / "sd15.yaml")
     with torch.device("meta"):
         unet = instantiate(config.unet, yaml_path="unet")
-    # 859.52 M parameters (released_grpose_behaviour.md, section 1).
+    # 859.52 M parameters (docs/release_behaviours.md §1).
     assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 2) == 859.52
 
 

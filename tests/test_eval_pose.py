@@ -1,4 +1,4 @@
-"""eval_pose.py end to end on the tiny config: 1 vs 2 processes, resume after a kill, bad input (issue #6)."""
+"""eval_pose.py end to end on the tiny config: 1 vs 2 processes, resume after a kill, bad input."""
 
 from __future__ import annotations
 

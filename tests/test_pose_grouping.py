@@ -226,7 +226,7 @@ def test_udp_affine_transforms():
     out = G.group_to_image(people, meta.center, meta.scale, (256, 256), use_udp=True)
     np.testing.assert_allclose(out[0, :, 0], np.arange(17) * 15 * 511 / 255, rtol=1e-6)
     np.testing.assert_allclose(out[0, :, 1], 511, rtol=1e-6)
-    # non-square: 448 (h) x 640 (w) -> network input 512 x 768 (reference §1.3)
+    # non-square: 448 (h) x 640 (w) -> network input 512 x 768 (docs/pose_pipeline.md §1.3)
     meta = image_meta(448, 640, 512, use_udp=True)
     assert meta.base_size == (768, 512)
     np.testing.assert_allclose(meta.scale, [767 / 511 * 447, 447])

@@ -14,7 +14,7 @@ from grpose.pose.skeleton import (
     render_skeleton,
 )
 
-# reference/released_grpose_behaviour.md §2.6
+# docs/release_behaviours.md §2.6
 REFERENCE_COLORS = [
     (219, 94, 86), (219, 144, 86), (219, 194, 86), (194, 219, 86), (145, 219, 86), (95, 219, 86),
     (86, 219, 127), (86, 219, 177), (86, 211, 219), (86, 161, 219), (86, 111, 219), (111, 86, 219),
@@ -145,7 +145,7 @@ def test_masks_match_reference_loops():
 
 
 def test_masks_other_threshold():
-    """The inference threshold of the release (-0.99, quirk Q5) against a float64 torchvision blur loop."""
+    """The inference threshold of the release (-0.99, docs/release_behaviours.md Q5) vs a float64 torchvision blur."""
     tv = pytest.importorskip("torchvision.transforms.functional")
     hint = _random_hints(2, 32, 48, seed=3)
     masks = pose_masks(hint, kernel_sizes=(13,), threshold=-0.99)

@@ -1,4 +1,4 @@
-"""Training on the tiny config: losses, gradient flow of the pose loss, resume, DDP, bad input (issue #4)."""
+"""Training on the tiny config: losses, gradient flow of the pose loss, resume, DDP, bad input."""
 
 from __future__ import annotations
 

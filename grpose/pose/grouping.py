@@ -36,7 +36,7 @@ PIXEL_STD = 200.0
 
 @dataclass
 class GroupingParams:
-    """test_cfg values of the associative-embedding parser (reference §2.1)."""
+    """test_cfg values of the associative-embedding parser (docs/pose_pipeline.md §2.1)."""
 
     num_joints: int = 17
     max_num_people: int = 30
@@ -191,7 +191,7 @@ def group_to_image(
     heatmap_size: tuple[int, int],
     use_udp: bool,
 ) -> np.ndarray:
-    """``get_group_preds``: heatmap (x, y) -> input-image pixels (reference §2.6). heatmap_size is (W, H)."""
+    """``get_group_preds``: heatmap (x, y) -> input-image pixels (docs/pose_pipeline.md §2.6); heatmap_size (W, H)."""
     people = np.array(people, dtype=np.float32)
     if people.shape[0] == 0:
         return people

@@ -38,7 +38,7 @@ def oks_nms(
 def people_to_results(
     people: np.ndarray, scores: np.ndarray, pose_nms_threshold: float, sigmas: np.ndarray = COCO_SIGMAS
 ) -> dict[str, np.ndarray]:
-    """Keypoints (x, y, score), areas over all joints, then pose NMS order (reference §2.7)."""
+    """Keypoints (x, y, score), areas over all joints, then pose NMS order (docs/pose_pipeline.md §2.7)."""
     num_joints = people.shape[1] if people.ndim == 3 else len(sigmas)
     if people.shape[0] == 0:
         return {
