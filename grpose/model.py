@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import OmegaConf
 from torch import nn
 
 from grpose.diffusion.ddim import ddim_sample
@@ -68,6 +70,9 @@ class GRPoseModel(pl.LightningModule):
         negative_prompt: str = NEGATIVE_PROMPT,
     ) -> None:
         super().__init__()
+        # The scalar arguments go to checkpoints and loggers; the parts are modules built from the config, which
+        # load_from_checkpoint rebuilds from the resolved config train.py stores with every checkpoint.
+        self.save_hyperparameters(ignore=["unet", "vae", "text_encoder", "adapter", "pose_feature_network"])
         if nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"model.params.nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
         if percept_loss_weight > 0 and pose_feature_network is None:
@@ -98,6 +103,35 @@ class GRPoseModel(pl.LightningModule):
         self.negative_prompt = negative_prompt
         self.num_skipped_batches = 0
         self._freeze()
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: Any = "cpu", strict: bool = True, **params: Any
+    ) -> GRPoseModel:
+        """Rebuild the model of a train.py checkpoint, without its YAML file, and load the weights.
+
+        Lightning's default calls ``cls(**hyper_parameters)``, but the parts (UNet, VAE, text encoder, adapter, pose
+        network) are modules, not hyperparameters: the model is instead built from the ``model`` node of the
+        resolved config stored in the checkpoint (``grpose.callbacks.stored_config``). ``params`` override entries
+        of ``model.params`` (e.g. ``sample_steps=20``).
+        """
+        from grpose.callbacks import stored_config
+        from grpose.config import instantiate
+
+        checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=False)
+        config_yaml = stored_config(checkpoint)
+        if config_yaml is None:
+            raise ValueError(
+                f"{checkpoint_path} holds no stored config (not written by train.py); build the model "
+                "from its YAML config and load the weights with grpose.checkpoint.load_into"
+            )
+        node = OmegaConf.to_container(OmegaConf.create(config_yaml).model, resolve=True)
+        node["params"].update(params)
+        model = instantiate(node, "model")
+        if not isinstance(model, cls):
+            raise TypeError(f"{checkpoint_path} stores a {type(model).__name__}, not a {cls.__name__}")
+        model.load_state_dict(checkpoint["state_dict"], strict=strict)
+        return model
 
     # ------------------------------------------------------------------ parts and freezing
     @property
@@ -248,10 +282,6 @@ class GRPoseModel(pl.LightningModule):
             f"GRPose: {self.num_trainable_parameters() / 1e6:.2f} M trainable parameters "
             f"(sd_locked={self.sd_locked}), learning rate {self.learning_rate:g}"
         )
-
-    def on_train_end(self) -> None:
-        checksum = sum(float(p.detach().double().sum()) for p in self.control_model.parameters())
-        log.info("rank %d: adapter checksum %.10e", self.global_rank, checksum)
 
     def on_train_epoch_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
