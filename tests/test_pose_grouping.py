@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -161,7 +162,6 @@ def test_adjust_quarter_offsets():
 
 
 def test_gaussian_blur_matches_cv2_and_dark_udp():
-    cv2 = pytest.importorskip("cv2")
     rng = np.random.default_rng(0)
     maps = rng.random((3, 9, 11)).astype(np.float32)
     ours = gaussian_blur3(maps)

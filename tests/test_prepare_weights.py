@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import prepare_weights
+import train
 from grpose.checkpoint import CheckpointError, load_into, read_state_dict, save_state_dict
 from grpose.config import instantiate, load_config
 from grpose.diffusion.schedule import SCHEDULE_BUFFER_NAMES
@@ -127,7 +128,6 @@ def test_real_size_composite_on_meta_matches_the_released_checkpoint():
 
 
 def test_output_loads_through_train_control_ckpt(tmp_path):
-    train = pytest.importorskip("train")
     make_sd_file(tmp_path / "sd.ckpt")
     prepare_weights.prepare_weights(tmp_path / "sd.ckpt", TINY, tmp_path / "init.ckpt")
     model = instantiate(load_config(TINY).model)
