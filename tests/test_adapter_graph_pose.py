@@ -58,6 +58,7 @@ def test_real_size_adapter_matches_released_manifest():
     assert sum(p.numel() for p in adapter.parameters()) == 412_997_248  # 413.00 M, docs/release_behaviours.md §1
 
 
+@pytest.mark.slow
 def test_fresh_adapter_leaves_the_eps_prediction_exactly_unchanged():
     unet, adapter = tiny_parts()
     randomise_zero_params(unet)
@@ -68,6 +69,7 @@ def test_fresh_adapter_leaves_the_eps_prediction_exactly_unchanged():
     torch.testing.assert_close(unet(x, t, context, control=residuals), unet(x, t, context), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("graph_conv", ["edge", "mr", "sage", "gin"])
 def test_gradients_reach_every_trainable_adapter_parameter(graph_conv):
     unet, adapter = tiny_parts(graph_conv=graph_conv)

@@ -71,6 +71,7 @@ def test_one_and_two_processes_give_identical_results(setup, tmp_path):
     assert csv[0].startswith("scene,") and csv[1].startswith("all,")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_duplicates(setup, tmp_path):
     root, ckpt = setup
     out = tmp_path / "out"
@@ -85,6 +86,7 @@ def test_killed_run_resumes_without_duplicates(setup, tmp_path):
     assert json.loads((out / "grpose/r/metrics.json").read_text())["num_images"] == 5
 
 
+@pytest.mark.slow
 def test_released_protocol_is_recorded(setup, tmp_path):
     root, ckpt = setup
     eval_pose.main(argv(root, ckpt, tmp_path, "--protocol", "released", "--limit", "2", "--no_panels"))
@@ -128,6 +130,7 @@ def test_unwritable_output_directory_fails_first(setup, tmp_path):
         eval_pose.main(argv(root, ckpt, blocker / "sub"))
 
 
+@pytest.mark.slow
 def test_quality_metrics_from_the_same_command(setup, tmp_path):
     import torchvision
 
@@ -147,6 +150,7 @@ def test_quality_metrics_from_the_same_command(setup, tmp_path):
     assert set(quality["per_scene"]) and "pose" in metrics(tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_pose2img_from_npz_json_and_skeleton_image(setup, tmp_path):
     import importlib.util
 
@@ -172,6 +176,7 @@ def test_pose2img_from_npz_json_and_skeleton_image(setup, tmp_path):
         pose2img.main([*common, "--pose", str(tmp_path / "pose.txt"), "--out", str(tmp_path / "o3")])
 
 
+@pytest.mark.slow
 def test_scores_existing_images_without_a_checkpoint(setup, tmp_path):
     root, ckpt = setup
     eval_pose.main(argv(root, ckpt, tmp_path / "gen", "--limit", "3"))

@@ -65,6 +65,7 @@ def tiny_batch(synthetic: Path, n: int = 2) -> dict:
     return batch
 
 
+@pytest.mark.slow
 def test_training_step_trains_only_the_adapter(synthetic):
     model, _ = tiny_model()
     model.train()
@@ -86,6 +87,7 @@ def test_unlocked_sd_trains_the_decoder_too():
     assert not any(id(p) in trainable for p in model.unet.input_blocks.parameters())
 
 
+@pytest.mark.slow
 def test_pose_perception_loss_sends_gradient_to_the_adapter(synthetic):
     model, _ = tiny_model(
         "model.params.percept_loss_weight=0.5",
@@ -112,6 +114,7 @@ def adapter_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in read_state_dict(ckpt).items() if k.startswith("control_model.")}
 
 
+@pytest.mark.slow
 def test_resume_after_step_3_equals_uninterrupted_6_steps(tmp_path, synthetic):
     torch.use_deterministic_algorithms(True, warn_only=True)
     run_train(tmp_path / "a", synthetic, "--max_steps", "6", "--name", "full")
@@ -135,6 +138,7 @@ def test_resume_after_step_3_equals_uninterrupted_6_steps(tmp_path, synthetic):
     assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_resume_with_missing_file_or_other_config_fails_early(tmp_path, synthetic):
     with pytest.raises(SystemExit, match="checkpoint not found"):
         run_train(tmp_path, synthetic, "--resume", str(tmp_path / "nope.ckpt"))
@@ -154,6 +158,7 @@ def test_control_ckpt_of_wrong_layout_lists_keys(tmp_path, synthetic):
         run_train(tmp_path, synthetic, "--max_steps", "1", "--control_ckpt", str(bad))
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_step_terms_and_images(tmp_path, synthetic):
     from grpose.model import NonFiniteLossError
 
@@ -161,6 +166,7 @@ def test_nonfinite_loss_stops_with_step_terms_and_images(tmp_path, synthetic):
         run_train(tmp_path, synthetic, "--max_steps", "2", "model.params.scale_factor=.nan")
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_can_skip_batches(tmp_path, synthetic):
     run_train(
         tmp_path, synthetic, "--max_steps", "2", "--max_epochs", "1", "--name", "skip",
