@@ -1,4 +1,4 @@
-"""Make the initial GRPose / ControlNet checkpoint from an SD1.5 file (DESIGN.md sections 5-6, reference section 10).
+"""Make the initial GRPose / ControlNet checkpoint from an SD1.5 file (docs/checkpoints.md §3).
 
 Usage: python prepare_weights.py SD_CKPT CONFIG OUT  (OUT ends in .ckpt or .safetensors)
 

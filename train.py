@@ -102,12 +102,12 @@ def check_resume(resume: str, config: DictConfig) -> None:
         raise SystemExit(f"--resume: {err}") from err
     except Exception as err:  # any unreadable file: report and stop before training
         raise SystemExit(f"--resume: could not read {path} (truncated or corrupt?): {err}") from err
-    stored = None
-    for state in (ckpt.get("callbacks") or {}).values():
-        if isinstance(state, dict) and state.get("config_yaml"):
-            stored = OmegaConf.create(state["config_yaml"])
-    if stored is None:
+    from grpose.callbacks import stored_config
+
+    stored_yaml = stored_config(ckpt)
+    if stored_yaml is None:
         raise SystemExit(f"--resume: {path} was not written by train.py (no stored config); cannot resume from it")
+    stored = OmegaConf.create(stored_yaml)
     if OmegaConf.to_container(stored.model, resolve=True) != OmegaConf.to_container(config.model, resolve=True):
         raise SystemExit(
             f"--resume: {path} was trained with a different model config; resume with the config it was trained "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,14 @@ class ImageLogger(pl.Callback):
             overlay = render_skeleton(poses[i], h, w, canvas=generated[i].copy())
             rows.append(np.concatenate([hints[i], generated[i], overlay, truth[i]], axis=1))
         return np.concatenate(rows, axis=0)
+
+
+def stored_config(checkpoint: Mapping[str, Any]) -> str | None:
+    """The resolved config (YAML text) that ``ResumeState`` stored in a train.py checkpoint, or None."""
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict) and state.get("config_yaml"):
+            return state["config_yaml"]
+    return None
 
 
 class ResumeState(pl.Callback):

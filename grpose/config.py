@@ -1,4 +1,26 @@
-"""YAML configs: load and merge files, apply dotted overrides, instantiate ``target``/``params`` nodes."""
+"""YAML configs: load and merge files, apply dotted overrides, instantiate ``target``/``params`` nodes.
+
+Composition. A config file may start with a ``defaults:`` list of other YAML files it is built on::
+
+    defaults:
+      - ../sd15.yaml@model.params     # the SD1.5 backbone, mounted under model.params
+      - ../data/humanart.yaml         # merged at the root
+    model:
+      params:
+        adapter: ...
+
+Each entry is ``PATH`` or ``PATH@dotted.key``: PATH is relative to the including file, ``@key`` mounts the
+included file's content at that key (without it, at the root). Included files are loaded the same way (they may
+have their own ``defaults``), merged in list order, and the including file's own content is merged last, so it
+overrides what it includes (OmegaConf merge: dicts merge key by key, lists and scalars are replaced). The
+``defaults`` key itself is removed. So one SD hyperparameter is one edit in configs/sd15.yaml, and the resolved
+config a run writes (train.py saves ``config.yaml`` with interpolations resolved) is complete on its own.
+
+Within a file, OmegaConf interpolation shares values: configs/data/*.yaml define a dataset's root and image size
+once (``dataset:``) and the train/validation/test nodes refer to them (``${dataset.root}``); ``test`` is
+``${data.params.validation}``. An override of a node that is an interpolation (``data.params.test.params.x=1``)
+replaces that node by a copy of its target with the override applied.
+"""
 
 from __future__ import annotations
 
@@ -10,28 +32,48 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+DEFAULTS_KEY = "defaults"  # the list of files a config file is built on
+
 
 class ConfigError(ValueError):
     """A config file, override or node is wrong; the message names the file or the YAML path."""
 
 
 def load_config(*paths: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """Load and merge YAML files (later files override earlier ones), then apply ``key.sub=value`` overrides."""
+    """Load YAML files (each with its ``defaults`` expanded), merge them in order, apply ``key.sub=value`` overrides."""
     if not paths:
         raise ConfigError("load_config needs at least one YAML file")
-    configs = []
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(
-                f"config file not found: {path} (pass an existing YAML file, e.g. configs/grpose/tiny.yaml)"
-            )
-        try:
-            configs.append(OmegaConf.load(path))
-        except Exception as err:  # yaml.YAMLError and friends; re-raised with the file name
-            raise ConfigError(f"could not parse config file {path}: {err}") from err
-    config = OmegaConf.merge(*configs)
+    config = OmegaConf.merge(*(_load_file(Path(path), ()) for path in paths))
     return apply_overrides(config, overrides)
+
+
+def _load_file(path: Path, including: tuple[Path, ...]) -> DictConfig:
+    """One YAML file with its ``defaults`` list expanded (see the module docstring)."""
+    if not path.is_file():
+        hint = f" (included by {including[-1]})" if including else ""
+        raise ConfigError(
+            f"config file not found: {path}{hint} (pass an existing YAML file, e.g. configs/grpose/tiny.yaml)"
+        )
+    if path.resolve() in including:
+        chain = " -> ".join(str(p) for p in (*including, path.resolve()))
+        raise ConfigError(f"config files include each other in a cycle: {chain}")
+    try:
+        config = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends; re-raised with the file name
+        raise ConfigError(f"could not parse config file {path}: {err}") from err
+    if not isinstance(config, DictConfig):
+        raise ConfigError(f"config file {path} is not a mapping at the top level")
+    defaults = config.pop(DEFAULTS_KEY, [])
+    if not isinstance(defaults, ListConfig | list) or not all(isinstance(e, str) for e in defaults):
+        raise ConfigError(f"{path}: '{DEFAULTS_KEY}' must be a list of 'file.yaml' or 'file.yaml@dotted.key' strings")
+    parts = []
+    for entry in defaults:
+        file, _, key = entry.partition("@")
+        included = _load_file(path.parent / file, (*including, path.resolve()))
+        for name in reversed(key.split(".") if key else []):
+            included = OmegaConf.create({name: included})
+        parts.append(included)
+    return OmegaConf.merge(*parts, config)
 
 
 def apply_overrides(config: DictConfig, overrides: Iterable[str]) -> DictConfig:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import OmegaConf
 from torch import nn
 
 from grpose.diffusion.ddim import ddim_sample
@@ -37,7 +39,7 @@ class _DiffusionWrapper(nn.Module):
 
 
 class GRPoseModel(pl.LightningModule):
-    """Frozen SD1.5 + a trainable pose adapter (GRPose, paper Sec. 3; DESIGN.md sections 3 and 5).
+    """Frozen SD1.5 + a trainable pose adapter (GRPose, paper Sec. 3; docs/design.md §3, docs/checkpoints.md).
 
     State-dict layout: ``model.diffusion_model.*`` (UNet), ``first_stage_model.*`` (VAE), ``cond_stage_model.*``
     (CLIP text encoder), ``control_model.*`` (adapter) and the ldm schedule buffers. The optional pose feature
@@ -68,6 +70,9 @@ class GRPoseModel(pl.LightningModule):
         negative_prompt: str = NEGATIVE_PROMPT,
     ) -> None:
         super().__init__()
+        # The scalar arguments go to checkpoints and loggers; the parts are modules built from the config, which
+        # load_from_checkpoint rebuilds from the resolved config train.py stores with every checkpoint.
+        self.save_hyperparameters(ignore=["unet", "vae", "text_encoder", "adapter", "pose_feature_network"])
         if nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"model.params.nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
         if percept_loss_weight > 0 and pose_feature_network is None:
@@ -98,6 +103,35 @@ class GRPoseModel(pl.LightningModule):
         self.negative_prompt = negative_prompt
         self.num_skipped_batches = 0
         self._freeze()
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: Any = "cpu", strict: bool = True, **params: Any
+    ) -> GRPoseModel:
+        """Rebuild the model of a train.py checkpoint, without its YAML file, and load the weights.
+
+        Lightning's default calls ``cls(**hyper_parameters)``, but the parts (UNet, VAE, text encoder, adapter, pose
+        network) are modules, not hyperparameters: the model is instead built from the ``model`` node of the
+        resolved config stored in the checkpoint (``grpose.callbacks.stored_config``). ``params`` override entries
+        of ``model.params`` (e.g. ``sample_steps=20``).
+        """
+        from grpose.callbacks import stored_config
+        from grpose.config import instantiate
+
+        checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=False)
+        config_yaml = stored_config(checkpoint)
+        if config_yaml is None:
+            raise ValueError(
+                f"{checkpoint_path} holds no stored config (not written by train.py); build the model "
+                "from its YAML config and load the weights with grpose.checkpoint.load_into"
+            )
+        node = OmegaConf.to_container(OmegaConf.create(config_yaml).model, resolve=True)
+        node["params"].update(params)
+        model = instantiate(node, "model")
+        if not isinstance(model, cls):
+            raise TypeError(f"{checkpoint_path} stores a {type(model).__name__}, not a {cls.__name__}")
+        model.load_state_dict(checkpoint["state_dict"], strict=strict)
+        return model
 
     # ------------------------------------------------------------------ parts and freezing
     @property
@@ -164,7 +198,7 @@ class GRPoseModel(pl.LightningModule):
     def apply_model(
         self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, hint: torch.Tensor
     ) -> torch.Tensor:
-        """eps prediction of the frozen UNet steered by the adapter's 13 residuals (DESIGN.md section 3)."""
+        """eps prediction of the frozen UNet steered by the adapter's 13 residuals (docs/design.md §3)."""
         control = self.control_model(z_t, t, context, hint)
         return self.unet(z_t, t, context, control=list(control))
 
@@ -176,12 +210,12 @@ class GRPoseModel(pl.LightningModule):
 
     # ------------------------------------------------------------------ losses
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Per-sample loss terms of one training step (DESIGN.md section 3)."""
+        """Per-sample loss terms of one training step (docs/design.md §3)."""
         images = self.batch_images(batch, "jpg")  # (B, 3, H, W) in [-1, 1]
         hint = self.batch_images(batch, "hint")  # (B, 3, H, W) in [-1, 1]
         z0 = self.encode_images(images)  # (B, 4, H/8, W/8)
         context = self.encode_text(batch["txt"])  # (B, 77, C)
-        # Only the last kernel's mask weights the loss, as released (§3.5): the others are not computed.
+        # Only the last kernel's mask weights the loss, as released (docs/release_behaviours.md §3.5).
         masks = pose_masks(hint, kernel_sizes=self.gaussian_kernels[-1:], sigma=self.mask_sigma)  # (1, B, H/8, W/8)
         mask = masks[-1].unsqueeze(1).to(z0.dtype)  # (B, 1, H/8, W/8)
         t = torch.randint(0, self.num_timesteps, (z0.shape[0],), device=z0.device)
@@ -201,7 +235,7 @@ class GRPoseModel(pl.LightningModule):
         """w · ᾱ_t · ||F(D(x̂0)) − F(x)||² per sample (paper Sec. 3.3), differentiable w.r.t. the adapter.
 
         x̂0 is predicted from eps, decoded by the frozen VAE and fed to the frozen pose network F; gradients
-        flow through both into eps (the released code detached this term, quirk Q1).
+        flow through both into eps (the released code detached this term, docs/release_behaviours.md Q1).
         """
         pose_net = self.pose_feature_network
         pose_net.to(device=images.device)
@@ -253,10 +287,6 @@ class GRPoseModel(pl.LightningModule):
             f"(sd_locked={self.sd_locked}), learning rate {self.learning_rate:g}"
         )
 
-    def on_train_end(self) -> None:
-        checksum = sum(float(p.detach().double().sum()) for p in self.control_model.parameters())
-        log.info("rank %d: adapter checksum %.10e", self.global_rank, checksum)
-
     def on_train_epoch_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         skipped = getattr(getattr(datamodule, "train_dataset", None), "num_skipped", 0) if datamodule else 0
@@ -278,7 +308,7 @@ class GRPoseModel(pl.LightningModule):
         progress: bool = False,
         use_adapter: bool = True,
     ) -> torch.Tensor:
-        """DDIM with classifier-free guidance (text only: the same hint in both branches, reference §11).
+        """DDIM with classifier-free guidance (text only, same hint in both branches; docs/release_behaviours.md §11).
 
         hint (B, 3, H, W) in [-1, 1]; returns images (B, 3, H, W) in [-1, 1]. ``use_adapter=False`` samples the
         frozen base model alone (the hint is then unused): the floor every pose-control number is compared with.

@@ -1,4 +1,4 @@
-"""GRPose benchmark suite (issue #7): training step, sampling, pose estimator, graph layer, data, evaluation estimate.
+"""GRPose benchmark suite (README targets): training step, sampling, pose estimator, graph layer, data, eval estimate.
 
     python scripts/benchmark.py --suite cpu --out bench_cpu.json            # tiny model on CPU, < 10 min on 2 cores
     python scripts/benchmark.py --suite gpu --out bench_gpu.json [--compile] # SD1.5-size GRPose, bf16, one GPU

@@ -1,4 +1,4 @@
-"""Data-loading benchmark: PoseDataset samples/s at 512 px on Human-Art-sized JPEGs (issue #3, "keeps up").
+"""Data-loading benchmark: PoseDataset samples/s at 512 px on Human-Art-sized JPEGs (it must keep up with training).
 
     python scripts/benchmark_data.py                       # generates 8 textured ~1000x1500 JPEGs in a temp dir
     python scripts/benchmark_data.py --mapping M.json --base DIR --num_samples 200 --out bench.json

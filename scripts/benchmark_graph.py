@@ -1,4 +1,4 @@
-"""Benchmark the GCN block (DESIGN.md section 6 memory note): ours vs a straightforward gather-based EdgeConv.
+"""Benchmark the GCN block (docs/design.md §6, memory): ours vs a straightforward gather-based EdgeConv.
 
 Usage: python scripts/benchmark_graph.py [--channels 320 --size 64 --batch 2 --k 9 --device cpu --out FILE]
 

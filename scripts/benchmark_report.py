@@ -1,4 +1,4 @@
-"""Benchmark output: the issue #7 targets (met or not) and plain-text tables of the JSON rows."""
+"""Benchmark output: the performance targets of the README (met or not) and plain-text tables of the JSON rows."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ Generated panels ``OUTDIR/images/<scene>/<name>.<ext>`` are [generated | skeleto
 square tiles; the first H columns (H = panel height) are the generated image. Real images: the mapping entries
 whose ``img_path`` lies in ``images/<scene>/`` (all of the scene's entries, as released; ``--matched_only`` keeps
 only those with a generated panel). Reals and fakes are both resized (shorter side, bicubic) and centre-cropped to
-H x H, passed to the metrics as uint8 RGB (no BGR swap, no double normalisation: Q17/Q18 are not reproduced).
+H x H, passed to the metrics as uint8 RGB (no BGR swap, no double normalisation:
+docs/release_behaviours.md Q17/Q18 are not reproduced).
 Prompts for the CLIP-score come from the mapping entry with the same scene and file stem.
 """
 

@@ -1,4 +1,4 @@
-"""ControlNet baseline and the adapter configs: layout, zero init, residual count, config merges (issue #8)."""
+"""ControlNet baseline and the adapter configs: layout, zero init, residual count, config merges."""
 
 from pathlib import Path
 
@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HUMANART = ROOT / "configs/grpose/humanart.yaml"
 
 
+@pytest.mark.slow
 def test_tiny_controlnet_is_zero_at_init_and_trains():
     config = load_config(ROOT / "configs/controlnet/tiny.yaml")
     unet = instantiate(config.model.params.unet).requires_grad_(False)

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py --smoke: every section runs once on CPU and reports positive numbers (issue #7)."""
+"""scripts/benchmark.py --smoke: every section runs once on CPU and reports positive numbers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def _positive(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
+@pytest.mark.slow
 def test_benchmark_smoke_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = benchmark.main(["--suite", "cpu", "--smoke", "--out", str(out)])

@@ -59,6 +59,33 @@ def test_missing_and_unparsable_config_files_are_named(tmp_path):
         load_config(broken)
 
 
+def test_defaults_include_relative_files_mounted_and_overridden(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "models").mkdir()
+    _write(tmp_path / "base" / "backbone.yaml", "unet:\n  width: 1\n  depth: 2\ntimesteps: 1000\n")
+    _write(tmp_path / "base" / "data.yaml", "dataset:\n  root: a\ndata:\n  path: ${dataset.root}/x.json\n")
+    model = _write(
+        tmp_path / "models" / "m.yaml",
+        "defaults:\n  - ../base/backbone.yaml@model.params\n  - ../base/data.yaml\n"
+        "model:\n  params:\n    unet:\n      depth: 3\n",
+    )
+    config = load_config(model, overrides=["dataset.root=b"])
+    assert "defaults" not in config
+    assert config.model.params.unet == {"width": 1, "depth": 3}  # the including file wins over what it includes
+    assert config.model.params.timesteps == 1000
+    assert config.data.path == "b/x.json"
+
+
+def test_defaults_cycles_and_missing_includes_are_named(tmp_path):
+    _write(tmp_path / "a.yaml", "defaults: [b.yaml]\nx: 1\n")
+    _write(tmp_path / "b.yaml", "defaults: [a.yaml]\ny: 1\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    _write(tmp_path / "c.yaml", "defaults: [gone.yaml]\n")
+    with pytest.raises(ConfigError, match=r"gone\.yaml.*included by"):
+        load_config(tmp_path / "c.yaml")
+
+
 def test_bad_target_names_yaml_path():
     with pytest.raises(ConfigError, match=r"vae\.target.*AutoencoderKLX"):
         instantiate({"target": "grpose.diffusion.autoencoder.AutoencoderKLX", "params": {}}, yaml_path="vae")

@@ -78,6 +78,7 @@ def _residuals(unet: UNetModel, x: torch.Tensor) -> list[torch.Tensor]:
     return [torch.randn(s, generator=gen) for s in shapes]
 
 
+@pytest.mark.slow
 def test_unet_matches_diffusers(unet_pair):
     ours, reference = unet_pair
     x, t, context = _inputs()
@@ -88,6 +89,7 @@ def test_unet_matches_diffusers(unet_pair):
     assert (eps - eps_ref).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 def test_unet_with_control_matches_diffusers(unet_pair):
     ours, reference = unet_pair
     x, t, context = _inputs()
@@ -118,6 +120,7 @@ def test_control_list_is_not_consumed_and_count_checked(unet_pair):
         ours(x, t, context, control=control[:12])
 
 
+@pytest.mark.slow
 def test_frozen_encoder_runs_without_graph():
     torch.manual_seed(0)
     unet = UNetModel(**TINY).train()
@@ -184,6 +187,7 @@ def test_build_input_blocks_resblock_factory():
     assert (ch, ds) == (64, 8)
 
 
+@pytest.mark.slow
 def test_frozen_unet_checkpoints_its_decoder_for_the_adapter_gradient(monkeypatch):
     """A frozen UNet stays in eval mode, yet backpropagates to the residuals: use_checkpoint must apply there."""
     import grpose.diffusion.blocks as blocks

@@ -1,4 +1,4 @@
-"""eval_pose.py end to end on the tiny config: 1 vs 2 processes, resume after a kill, bad input (issue #6)."""
+"""eval_pose.py end to end on the tiny config: 1 vs 2 processes, resume after a kill, bad input."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def test_one_and_two_processes_give_identical_results(setup, tmp_path):
     assert csv[0].startswith("scene,") and csv[1].startswith("all,")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_duplicates(setup, tmp_path):
     root, ckpt = setup
     out = tmp_path / "out"
@@ -85,6 +86,7 @@ def test_killed_run_resumes_without_duplicates(setup, tmp_path):
     assert json.loads((out / "grpose/r/metrics.json").read_text())["num_images"] == 5
 
 
+@pytest.mark.slow
 def test_released_protocol_is_recorded(setup, tmp_path):
     root, ckpt = setup
     eval_pose.main(argv(root, ckpt, tmp_path, "--protocol", "released", "--limit", "2", "--no_panels"))
@@ -128,6 +130,7 @@ def test_unwritable_output_directory_fails_first(setup, tmp_path):
         eval_pose.main(argv(root, ckpt, blocker / "sub"))
 
 
+@pytest.mark.slow
 def test_quality_metrics_from_the_same_command(setup, tmp_path):
     import torchvision
 
@@ -169,6 +172,7 @@ def _tiny_clip(tmp_path: Path) -> tuple[str, Path]:
     return name, path
 
 
+@pytest.mark.slow
 def test_pose2img_from_npz_json_and_skeleton_image(setup, tmp_path):
     import importlib.util
 
@@ -194,6 +198,7 @@ def test_pose2img_from_npz_json_and_skeleton_image(setup, tmp_path):
         pose2img.main([*common, "--pose", str(tmp_path / "pose.txt"), "--out", str(tmp_path / "o3")])
 
 
+@pytest.mark.slow
 def test_scores_existing_images_without_a_checkpoint(setup, tmp_path):
     root, ckpt = setup
     eval_pose.main(argv(root, ckpt, tmp_path / "gen", "--limit", "3"))

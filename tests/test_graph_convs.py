@@ -1,4 +1,4 @@
-"""Graph convs and the GCN block: exact vs the naive EdgeConv, permutation equivariance, fwd/bwd (issue #8)."""
+"""Graph convs and the GCN block: exact vs the naive EdgeConv, permutation equivariance, fwd/bwd."""
 
 import pytest
 import torch

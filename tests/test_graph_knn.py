@@ -1,4 +1,4 @@
-"""kNN graph: equals a brute-force reference, ties broken by lower index, chunking and dilation (issue #8)."""
+"""kNN graph: equals a brute-force reference, ties broken by lower index, chunking and dilation."""
 
 import numpy as np
 import pytest

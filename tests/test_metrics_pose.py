@@ -1,4 +1,4 @@
-"""Tests of grpose.metrics.pose against pycocotools and hand-made released-vs-corrected cases (metrics.md, Q16-Q21)."""
+"""Tests of grpose.metrics.pose against pycocotools and released-vs-corrected cases (docs/metrics.md, Q16-Q21)."""
 
 import contextlib
 import copy

@@ -1,4 +1,4 @@
-"""Tests of grpose.metrics.quality and scripts/eval_quality.py with random local weights (no downloads; §13, Q22)."""
+"""Tests of grpose.metrics.quality and scripts/eval_quality.py with random local weights (docs/metrics.md §8)."""
 
 import json
 import math

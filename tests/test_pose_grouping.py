@@ -2,12 +2,19 @@
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from grpose.pose import grouping as G
+from grpose.pose.assignment import munkres_1_1_4
 from grpose.pose.estimator import image_meta
+from grpose.pose.nms import oks_nms, people_to_results
+from grpose.pose.refine import adjust_quarter, gaussian_blur3, refine_people
+from grpose.pose.skeleton import COCO_FLIP_INDEX
+
+from reference_forms import munkres_package, post_dark_udp, refine_person_literal
 
 REF = Path(__file__).parent / "data" / "pose_reference"
 MODELS = ("higherhrnet_w48_udp_seed0", "mobilenetv2_ae_seed0")
@@ -89,7 +96,7 @@ def test_close_tags_two_people():
     truth = {tuple(j) for p in people for j in np.c_[np.arange(17), p["joints"]]}
     found = {(k, int(g[k, 0]), int(g[k, 1])) for g in grouped for k in range(17)}
     assert found == truth
-    ref, _ = G.parse(hm, tags, G.GroupingParams(), adjust=False, refine=False, solver=G.munkres_package)
+    ref, _ = G.parse(hm, tags, G.GroupingParams(), adjust=False, refine=False, solver=munkres_package)
     np.testing.assert_array_equal(grouped, ref)
     # tags 1.6 apart round to 2: clean separation
     people = _people(rng, 2, tags=(0.0, 1.6), peaks=(1.0, 0.9))
@@ -106,8 +113,8 @@ def test_matching_replays_reference_exactly(model):
     calls = []
 
     def both(cost):
-        ours = G.munkres_1_1_4(cost)
-        theirs = [(int(r), int(c)) for r, c in G.munkres_package(cost)]
+        ours = munkres_1_1_4(cost)
+        theirs = [(int(r), int(c)) for r, c in munkres_package(cost)]
         calls.append(ours == theirs)
         return ours
 
@@ -125,8 +132,8 @@ def test_munkres_port_random_ties():
             cost = np.round(rng.random(shape) * 3) * 100 - rng.random((shape[0], 1))
             if rng.random() < 0.5:
                 cost = np.round(rng.random(shape) * 2)  # heavy ties
-            expected = [(int(r), int(c)) for r, c in G.munkres_package(cost)]
-            assert G.munkres_1_1_4(cost) == expected
+            expected = [(int(r), int(c)) for r, c in munkres_package(cost)]
+            assert munkres_1_1_4(cost) == expected
 
 
 def test_top_k_nms_and_order():
@@ -149,16 +156,15 @@ def test_adjust_quarter_offsets():
     hm[0, 3, 4] = 0.5  # upper neighbour higher than lower -> y - 0.25
     people = np.zeros((1, 17, 5), np.float32)
     people[0, 0, :3] = (4, 4, 1.0)
-    out = G.adjust_quarter(people, hm)
+    out = adjust_quarter(people, hm)
     np.testing.assert_array_equal(out[0, 0, :2], [4.75, 4.25])
     np.testing.assert_array_equal(out[0, 1, :2], [0, 0])  # val 0: untouched
 
 
 def test_gaussian_blur_matches_cv2_and_dark_udp():
-    cv2 = pytest.importorskip("cv2")
     rng = np.random.default_rng(0)
     maps = rng.random((3, 9, 11)).astype(np.float32)
-    ours = G.gaussian_blur3(maps)
+    ours = gaussian_blur3(maps)
     for m, o in zip(maps, ours):
         np.testing.assert_array_equal(o, cv2.GaussianBlur(m.copy(), (3, 3), 0))
     # DARK: a sampled Gaussian peak at (10.3, 7.6) is recovered from its integer maximum; heatmaps untouched
@@ -167,7 +173,7 @@ def test_gaussian_blur_matches_cv2_and_dark_udp():
     heatmaps = np.repeat(hm[None], 17, 0)
     before = heatmaps.copy()
     coords = np.tile(np.array([[10.0, 8.0]], np.float32), (1, 17, 1))
-    out = G.post_dark_udp(coords, heatmaps)
+    out = post_dark_udp(coords, heatmaps)
     np.testing.assert_array_equal(heatmaps, before)
     np.testing.assert_allclose(out[0, 0], [10.3, 7.6], atol=0.1)
 
@@ -190,18 +196,18 @@ def test_refine_fast_equals_literal():
             person[on, 1] = rng.integers(0, h, on.sum())
             person[on, 2] = rng.random(on.sum()) + 0.1
         use_udp = bool(trial % 2)
-        fast = G.refine_people(hm, tags, people.copy(), use_udp, top=8 if trial % 3 == 0 else 4096)
-        slow = np.stack([G.refine_person_literal(hm, tags, p.copy(), use_udp) for p in people])
+        fast = refine_people(hm, tags, people.copy(), use_udp, top=8 if trial % 3 == 0 else 4096)
+        slow = np.stack([refine_person_literal(hm, tags, p.copy(), use_udp) for p in people])
         np.testing.assert_array_equal(fast, slow)
 
 
 def test_flip_index_and_heatmap_flip():
     from grpose.pose.estimator import BottomUpPoseEstimator
 
-    idx = np.array(G.COCO_FLIP_INDEX)
+    idx = np.array(COCO_FLIP_INDEX)
     np.testing.assert_array_equal(idx[idx], np.arange(17))
     est = BottomUpPoseEstimator.__new__(BottomUpPoseEstimator)
-    est.flip_index = list(G.COCO_FLIP_INDEX)
+    est.flip_index = list(COCO_FLIP_INDEX)
     maps = torch.arange(17.0).view(1, 17, 1, 1) * 100 + torch.arange(6.0).view(1, 1, 1, 6)
     (back,) = est._flip_back([maps])
     # channel k of the result is channel flip_index[k] of the input, mirrored left-right
@@ -220,7 +226,7 @@ def test_udp_affine_transforms():
     out = G.group_to_image(people, meta.center, meta.scale, (256, 256), use_udp=True)
     np.testing.assert_allclose(out[0, :, 0], np.arange(17) * 15 * 511 / 255, rtol=1e-6)
     np.testing.assert_allclose(out[0, :, 1], 511, rtol=1e-6)
-    # non-square: 448 (h) x 640 (w) -> network input 512 x 768 (reference §1.3)
+    # non-square: 448 (h) x 640 (w) -> network input 512 x 768 (docs/pose_pipeline.md §1.3)
     meta = image_meta(448, 640, 512, use_udp=True)
     assert meta.base_size == (768, 512)
     np.testing.assert_allclose(meta.scale, [767 / 511 * 447, 447])
@@ -239,8 +245,8 @@ def test_oks_nms():
     kp[2] = kp[0] + [300, 0, 0]
     scores = np.array([0.5, 0.7, 0.6], np.float32)
     areas = np.full(3, 160 * 80, np.float32)
-    np.testing.assert_array_equal(G.oks_nms(kp, scores, areas, 1.0), [1, 2, 0])  # 1.0: sort only
-    np.testing.assert_array_equal(G.oks_nms(kp, scores, areas, 0.9), [1, 2])
-    res = G.people_to_results(np.concatenate([kp, np.zeros((3, 17, 2), np.float32)], -1), scores, 0.9)
+    np.testing.assert_array_equal(oks_nms(kp, scores, areas, 1.0), [1, 2, 0])  # 1.0: sort only
+    np.testing.assert_array_equal(oks_nms(kp, scores, areas, 0.9), [1, 2])
+    res = people_to_results(np.concatenate([kp, np.zeros((3, 17, 2), np.float32)], -1), scores, 0.9)
     assert res["keypoints"].shape == (2, 17, 3) and res["keypoints"].dtype == np.float32
     np.testing.assert_array_equal(res["scores"], scores[[1, 2]])

@@ -101,6 +101,7 @@ def small_estimator():
     return est
 
 
+@pytest.mark.slow
 def test_estimator_inputs_and_outputs(small_estimator):
     est = small_estimator
     rng = np.random.default_rng(0)

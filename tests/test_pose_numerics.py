@@ -8,6 +8,7 @@ difference is rounding, not a different function.
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from test_pose_parity import seeded_state_dict
 
@@ -16,6 +17,7 @@ from grpose.pose.estimator import BottomUpPoseEstimator, build_pose_model, load_
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.mark.slow
 def test_mobilenetv2_backbone_differs_from_mmpose_only_by_float32_rounding():
     state_dict = seeded_state_dict(
         DATA / "mobilenetv2_ae_keys.tsv", DATA / "pose_reference/mobilenetv2_ae_seed0_calib.npz"

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import prepare_weights
+import train
 from grpose.checkpoint import CheckpointError, load_into, read_state_dict, save_state_dict
 from grpose.config import instantiate, load_config
 from grpose.diffusion.schedule import SCHEDULE_BUFFER_NAMES
@@ -32,7 +33,7 @@ def make_sd_file(path: Path, config_path: Path = TINY, drop_position_ids: bool =
 
 
 class Composite(nn.Module):
-    """The composite layout train.py's model uses (DESIGN.md section 5), for a strict load of the output."""
+    """The composite layout train.py's model uses (docs/checkpoints.md §1), for a strict load of the output."""
 
     def __init__(self, params) -> None:
         super().__init__()
@@ -119,7 +120,7 @@ def test_real_size_composite_on_meta_matches_the_released_checkpoint():
     expected = {k: v for k, v in manifest_shapes().items() if not k.startswith("mmpose_model.")}
     assert sorted(set(expected) ^ set(ours)) == []
     assert {k: (v, expected[k]) for k, v in ours.items() if expected[k] != v} == {}
-    # reference section 10: 274 adapter keys have a same-shaped UNet twin, 200 are new
+    # docs/release_behaviours.md §10: 274 adapter keys have a same-shaped UNet twin, 200 are new
     sd_shapes = {k: v for k, v in ours.items() if k.startswith("model.diffusion_model.")}
     adapter = {k: tuple(v.shape) for k, v in parts["adapter"].state_dict().items()}
     copied, fresh = prepare_weights.plan_adapter_init(adapter, sd_shapes)
@@ -127,7 +128,6 @@ def test_real_size_composite_on_meta_matches_the_released_checkpoint():
 
 
 def test_output_loads_through_train_control_ckpt(tmp_path):
-    train = pytest.importorskip("train")
     make_sd_file(tmp_path / "sd.ckpt")
     prepare_weights.prepare_weights(tmp_path / "sd.ckpt", TINY, tmp_path / "init.ckpt")
     model = instantiate(load_config(TINY).model)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.functional as tv
 
 from grpose.pose.masks import gaussian_blur, pose_masks
 from grpose.pose.skeleton import (
@@ -14,7 +15,7 @@ from grpose.pose.skeleton import (
     render_skeleton,
 )
 
-# reference/released_grpose_behaviour.md §2.6
+# docs/release_behaviours.md §2.6
 REFERENCE_COLORS = [
     (219, 94, 86), (219, 144, 86), (219, 194, 86), (194, 219, 86), (145, 219, 86), (95, 219, 86),
     (86, 219, 127), (86, 219, 177), (86, 211, 219), (86, 161, 219), (86, 111, 219), (111, 86, 219),
@@ -121,7 +122,6 @@ def _dilation_reference(hint: torch.Tensor, radius: int) -> np.ndarray:
 
 
 def test_blur_matches_torchvision():
-    tv = pytest.importorskip("torchvision.transforms.functional")
     hint = _random_hints(2, 48, 40, seed=1)
     for k in (13, 23):
         ours = gaussian_blur(hint.double(), k, 3.0)
@@ -136,7 +136,6 @@ def test_masks_match_reference_loops():
     np.testing.assert_array_equal(masks[0].numpy(), _dilation_reference(hint, 11))
     np.testing.assert_array_equal(masks[1].numpy(), _dilation_reference(hint, 6))
     # k=13: identical to the released computation (torchvision fp32 blur, "> -1", 8x8 any)
-    tv = pytest.importorskip("torchvision.transforms.functional")
     released = (tv.gaussian_blur(hint, [13, 13], [3.0, 3.0]) > -1).any(dim=1).numpy()
     np.testing.assert_array_equal(masks[1].numpy(), _cells_from_pixels(released))
     # other dtypes and the empty skeleton
@@ -145,8 +144,7 @@ def test_masks_match_reference_loops():
 
 
 def test_masks_other_threshold():
-    """The inference threshold of the release (-0.99, quirk Q5) against a float64 torchvision blur loop."""
-    tv = pytest.importorskip("torchvision.transforms.functional")
+    """The inference threshold of the release (-0.99, docs/release_behaviours.md Q5) vs a float64 torchvision blur."""
     hint = _random_hints(2, 32, 48, seed=3)
     masks = pose_masks(hint, kernel_sizes=(13,), threshold=-0.99)
     blurred = tv.gaussian_blur(hint.double(), [13, 13], [3.0, 3.0])

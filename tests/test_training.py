@@ -1,4 +1,4 @@
-"""Training on the tiny config: losses, gradient flow of the pose loss, resume, DDP, bad input (issue #4)."""
+"""Training on the tiny config: losses, gradient flow of the pose loss, resume, DDP, bad input."""
 
 from __future__ import annotations
 
@@ -65,6 +65,7 @@ def tiny_batch(synthetic: Path, n: int = 2) -> dict:
     return batch
 
 
+@pytest.mark.slow
 def test_training_step_trains_only_the_adapter(synthetic):
     model, _ = tiny_model()
     model.train()
@@ -86,6 +87,7 @@ def test_unlocked_sd_trains_the_decoder_too():
     assert not any(id(p) in trainable for p in model.unet.input_blocks.parameters())
 
 
+@pytest.mark.slow
 def test_pose_perception_loss_sends_gradient_to_the_adapter(synthetic):
     model, _ = tiny_model(
         "model.params.percept_loss_weight=0.5",
@@ -112,6 +114,7 @@ def adapter_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in read_state_dict(ckpt).items() if k.startswith("control_model.")}
 
 
+@pytest.mark.slow
 def test_resume_after_step_3_equals_uninterrupted_6_steps(tmp_path, synthetic):
     torch.use_deterministic_algorithms(True, warn_only=True)
     run_train(tmp_path / "a", synthetic, "--max_steps", "6", "--name", "full")
@@ -127,8 +130,15 @@ def test_resume_after_step_3_equals_uninterrupted_6_steps(tmp_path, synthetic):
     assert ckpt["global_step"] == 6
     assert not any(k.startswith("pose_feature_network") for k in ckpt["state_dict"])
     assert (tmp_path / "a/exp/grpose/full/config.yaml").is_file()
+    # Lightning's loader rebuilds the model from the checkpoint alone (the config stored with it) with its weights
+    from grpose.model import GRPoseModel
+
+    model = GRPoseModel.load_from_checkpoint(last, sample_steps=3)
+    assert model.sample_steps == 3 and model.hparams.learning_rate == model.learning_rate
+    assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_resume_with_missing_file_or_other_config_fails_early(tmp_path, synthetic):
     with pytest.raises(SystemExit, match="checkpoint not found"):
         run_train(tmp_path, synthetic, "--resume", str(tmp_path / "nope.ckpt"))
@@ -148,6 +158,7 @@ def test_control_ckpt_of_wrong_layout_lists_keys(tmp_path, synthetic):
         run_train(tmp_path, synthetic, "--max_steps", "1", "--control_ckpt", str(bad))
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_step_terms_and_images(tmp_path, synthetic):
     from grpose.model import NonFiniteLossError
 
@@ -155,6 +166,7 @@ def test_nonfinite_loss_stops_with_step_terms_and_images(tmp_path, synthetic):
         run_train(tmp_path, synthetic, "--max_steps", "2", "model.params.scale_factor=.nan")
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_can_skip_batches(tmp_path, synthetic):
     run_train(
         tmp_path, synthetic, "--max_steps", "2", "--max_epochs", "1", "--name", "skip",
@@ -165,6 +177,30 @@ def test_nonfinite_loss_can_skip_batches(tmp_path, synthetic):
     assert all(torch.isfinite(v.float()).all() for v in adapter.values())  # skipped batches left no NaN behind
 
 
+DDP_DRIVER = """
+import sys
+
+import torch
+
+sys.path.insert(0, {root!r})
+import train
+from grpose.model import GRPoseModel
+
+
+def save_adapter(self):
+    params = {{n: p.detach().cpu() for n, p in self.control_model.named_parameters()}}
+    torch.save(params, {out!r} + f"/adapter_rank{{self.global_rank}}.pt")
+
+
+GRPoseModel.on_train_end = save_adapter
+sys.exit(train.main())
+"""
+
+
+def _checksum(params: dict[str, torch.Tensor]) -> float:
+    return sum(float(v.double().sum()) for v in params.values())
+
+
 def _subprocess_env() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("GRPOSE_RUN_DIR", None)
@@ -173,13 +209,19 @@ def _subprocess_env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_agree_and_only_rank0_writes(tmp_path, synthetic):
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", TINY, "--outdir", str(tmp_path / "exp"),
+    # train.py, with every rank saving its adapter weights at the end (Lightning's checkpoints are rank 0's only).
+    driver = tmp_path / "train_saving_every_rank.py"
+    driver.write_text(DDP_DRIVER.format(root=str(ROOT), out=str(tmp_path)))
+    cmd = [sys.executable, str(driver), "--config", TINY, "--outdir", str(tmp_path / "exp"),
            "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--max_steps", "2", "--name", "ddp",
            *data_overrides(synthetic)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, env=_subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sums = sorted(line.split("adapter checksum")[1].strip() for line in proc.stderr.splitlines() if "checksum" in line)
+    saved = [torch.load(path, map_location="cpu") for path in sorted(tmp_path.glob("adapter_rank*.pt"))]
+    sums = [_checksum(params) for params in saved]
     assert len(sums) == 2 and sums[0] == sums[1], sums
+    ckpt = adapter_weights(tmp_path / "exp/grpose/ddp/checkpoints/last.ckpt")  # rank 0's checkpoint agrees too
+    assert _checksum({n: ckpt[f"control_model.{n}"] for n in saved[0]}) == sums[0]
     runs = list((tmp_path / "exp/grpose").iterdir())
     assert [r.name for r in runs] == ["ddp"], runs
     assert (runs[0] / "checkpoints/last.ckpt").is_file()
@@ -188,19 +230,34 @@ def test_ddp_two_cpu_processes_agree_and_only_rank0_writes(tmp_path, synthetic):
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_a_resumable_last_ckpt(tmp_path, synthetic):
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", TINY, "--outdir", str(tmp_path / "exp"),
-           "--accelerator", "cpu", "--max_steps", "100000", "--name", "int", *data_overrides(synthetic)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        TINY,
+        "--outdir",
+        str(tmp_path / "exp"),
+        "--accelerator",
+        "cpu",
+        "--max_steps",
+        "100000",
+        "--name",
+        "int",
+        *data_overrides(synthetic),
+        "trainer.log_frequency=1",
+    ]  # fmt: skip  (an image grid after every step: a visible sign of progress)
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and not (tmp_path / "exp/grpose/int/config.yaml").is_file():
-        time.sleep(0.5)
-    time.sleep(8.0)  # a few training steps
+    second_step = tmp_path / "exp/grpose/int/images/step_0000002.png"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not second_step.is_file():
+        time.sleep(0.2)  # poll for the condition, not a fixed wait
+    assert second_step.is_file(), "training did not reach step 2"
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=120)
     last = tmp_path / "exp/grpose/int/checkpoints/last.ckpt"
     assert last.is_file(), proc.stdout.read().decode()[-3000:]
     step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    assert step >= 0
+    assert step >= 2  # saved at the interrupted step, after the two observed ones
     run_train(tmp_path, synthetic, "--resume", str(last), "--max_steps", str(step + 1))
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == step + 1
 

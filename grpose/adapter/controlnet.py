@@ -20,7 +20,7 @@ class ControlEncoder(nn.Module):
     """Trainable copy of the UNet encoder (time_embed, input_blocks, middle_block) plus zero-conv outputs.
 
     Built with the UNet's own builders (grpose.diffusion.unet), so every key matches ``model.diffusion_model.*``
-    and can be initialised from SD (DESIGN.md section 6). ``zero_convs.i`` follows input block i and
+    and can be initialised from SD (docs/design.md §6). ``zero_convs.i`` follows input block i and
     ``middle_block_out`` the middle block: the 13 residuals of ControlNet (Zhang et al. 2023, Sec. 3.2).
     """
 

@@ -1,4 +1,4 @@
-"""Graph Pose Adapter: trainable UNet-encoder copy with PGI blocks fed by the pose encoder (DESIGN.md section 6)."""
+"""Graph Pose Adapter: trainable UNet-encoder copy with PGI blocks fed by the pose encoder (docs/design.md §6)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def run_block(
 
 
 class GraphPoseAdapter(ControlEncoder):
-    """GRPose's Graph Pose Adapter (GRPose Sec. 3; reference section 5): 13 residuals for the frozen UNet.
+    """GRPose's Graph Pose Adapter (GRPose Sec. 3; docs/release_behaviours.md §5): 13 residuals for the frozen UNet.
 
     The ResBlock at each input block in ``inject_layers`` (any subset of the first-ResBlock-of-a-level indices,
     [1, 4, 7, 10] for SD1.5) becomes a PGI that also receives the pose feature of its level; ``inject_channels``

@@ -1,4 +1,4 @@
-"""Progressive Graph Integrator: the ResBlock replacement that fuses pose features by graph convs (DESIGN.md s.6)."""
+"""Progressive Graph Integrator: ResBlock replacement fusing pose features by graph convs (docs/design.md §6)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from grpose.graph.gcn import GCN
 
 
 class FuseLayer(nn.Module):
-    """f = fusion_conv(cat[latent_conv(h), pose_conv(p)]), all 1x1 convs with bias (reference section 5.4.6)."""
+    """f = fusion_conv(cat[latent_conv(h), pose_conv(p)]), 1x1 convs with bias (docs/release_behaviours.md §5.4.6)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -28,7 +28,7 @@ class FuseLayer(nn.Module):
 
 @contextlib.contextmanager
 def _restore_batchnorm_stats(module: nn.Module) -> Iterator[None]:
-    """Undo running-stat updates made inside the block (used around checkpoint recomputation, quirk Q10)."""
+    """Undo running-stat updates made inside the block (checkpoint recomputation; docs/release_behaviours.md Q10)."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved = [[buf.detach().clone() for buf in (m.running_mean, m.running_var, m.num_batches_tracked)] for m in norms]
     try:
@@ -42,13 +42,14 @@ def _restore_batchnorm_stats(module: nn.Module) -> Iterator[None]:
 
 
 class PGI(TimestepBlock):
-    """PGI block (GRPose Sec. 3.2; reference section 5.4), in place of the first ResBlock of a level.
+    """PGI block (GRPose Sec. 3.2; docs/release_behaviours.md §5.4), in place of the first ResBlock of a level.
 
     h = conv3x3(SiLU(x)) + linear(SiLU(emb)); h = GroupNorm(32, affine=False)(h); c = cond_conv(pose);
     h, c = GCN_latent(h), GCN_pose(c); f = GCN(fuse(h, c)); out = skip(x) + zero_conv3x3(dropout(f)).
-    As in the release there is no normalisation before the first SiLU (quirk Q8). With ``use_checkpoint`` the
-    whole block is recomputed in backward (torch.utils.checkpoint, non-reentrant) and the BatchNorm running
-    statistics are restored after the recomputation, so they are updated exactly once per step (fixes Q10).
+    As in the release there is no normalisation before the first SiLU (docs/release_behaviours.md Q8). With
+    ``use_checkpoint`` the whole block is recomputed in backward (torch.utils.checkpoint, non-reentrant) and the
+    BatchNorm running statistics are restored after the recomputation, so they are updated exactly once per step
+    (fixes Q10).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Pose encoder: rendered skeleton image -> one zero-initialised feature map per PGI level (DESIGN.md section 6)."""
+"""Pose encoder: rendered skeleton image -> one zero-initialised feature map per PGI level (docs/design.md §6)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from grpose.diffusion.blocks import zero_module
 
 
 class PoseEncoder(nn.Module):
-    """Conv stem down to 1/4 of the image, then one stride-2 stage per level (1/8, 1/16, ...), reference section 4.
+    """Conv stem down to 1/4 of the image, then a stride-2 stage per level (docs/release_behaviours.md §4).
 
     Keys: ``pre_extractor.{0,2,4,6,8}`` (3x3 convs, SiLU between), ``extractors.i.0`` (3x3 stride-2 conv + SiLU)
     and ``zero_convs.i`` (zero-initialised 3x3 conv whose output is feature i; the chain continues from the

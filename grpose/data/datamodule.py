@@ -64,7 +64,7 @@ def build_dataset(node: Any, name: str) -> Dataset:
 
 
 class PoseDataModule(L.LightningDataModule):
-    """Train/validation/test loaders over PoseDatasets (issue #3, item 4; DESIGN §3).
+    """Train/validation/test loaders over PoseDatasets (docs/design.md §3).
 
     Honours ``batch_size``, ``num_workers``, ``persistent_workers`` (only with workers), ``pin_memory``;
     training shuffles and drops the last partial batch (``drop_last_train``); evaluation loaders keep

@@ -29,7 +29,7 @@ class DatasetEntryError(RuntimeError):
 
 
 def load_mapping(mapping_file: str | Path) -> dict[str, Any]:
-    """Read a mapping JSON ``{id: {img_path, prompt, pose_path}}`` (issue #3); errors name the file."""
+    """Read a mapping JSON ``{id: {img_path, prompt, pose_path}}``; errors name the file."""
     path = Path(mapping_file)
     if not path.is_file():
         raise FileNotFoundError(
@@ -109,7 +109,7 @@ def scene_of(img_path: str) -> str:
 
 
 class PoseDataset(Dataset):
-    """Human-Art / LAION-Human as prepared by HumanSD (issue #3; released ``dataset_pose.py``, reference §2).
+    """Human-Art / LAION-Human as prepared by HumanSD (released ``dataset_pose.py``, docs/release_behaviours.md §2).
 
     Each sample: ``jpg`` float32 (S, S, 3) RGB in [-1, 1]; ``hint`` the rendered skeleton float32 (S, S, 3) in
     [-1, 1]; ``pose`` float32 (max_person_num, 17, 3) in crop pixels, missing = (-1, -1, 0); ``txt`` (dropped to
@@ -136,7 +136,7 @@ class PoseDataset(Dataset):
         seed: int = 0,
     ) -> None:
         if on_error is None:
-            on_error = "skip" if train else "raise"  # issue #3: skip when training, raise when evaluating
+            on_error = "skip" if train else "raise"  # skip when training, raise when evaluating (Q14)
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         if not 0.0 <= caption_dropout <= 1.0:

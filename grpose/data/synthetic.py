@@ -161,7 +161,7 @@ def make_synthetic_dataset(
     val_fraction: float = 0.25,
     scenes: tuple[str, ...] = SCENES,
 ) -> dict[str, Any]:
-    """Write ``num_images`` synthetic samples in the HumanSD format under ``out_dir`` (issue #3, item 5).
+    """Write ``num_images`` synthetic samples in the HumanSD format under ``out_dir``.
 
     Files: ``images/<scene>/<name>.jpg``, ``pose/<scene>/<name>.npz`` (``arr_0`` = object array of person dicts
     with ``keypoints`` (17, 3) and ``bbox``), ``mapping_file_training.json`` and ``mapping_file_validation.json``

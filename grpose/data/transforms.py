@@ -42,10 +42,11 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
 
 
 def crop_geometry(height: int, width: int, size: int, rng: np.random.Generator | None) -> CropGeometry:
-    """Resize factors and crop corner for an image of ``height`` x ``width`` (reference §2.3).
+    """Resize factors and crop corner for an image of ``height`` x ``width`` (docs/release_behaviours.md §2.3).
 
     ``rng`` given: random crop, corner ``int((L - size + 1) * u)`` with u ~ U[0, 1) as albumentations'
-    RandomCrop; ``rng=None``: centre crop ``(L - size) // 2`` (our deterministic evaluation, quirk Q14).
+    RandomCrop; ``rng=None``: centre crop ``(L - size) // 2`` (deterministic evaluation,
+    docs/release_behaviours.md Q14).
     """
     new_h, new_w = resized_shape(height, width, size)
     if rng is not None:
@@ -79,12 +80,11 @@ def clean_pose(
 ) -> np.ndarray:
     """Keypoints of the first ``max_person_num`` people in output-crop pixels, (max_person_num, K, 3) float32.
 
-    A keypoint survives when it is finite, inside the original image, has score > ``keypoint_thresh`` and lands
-    inside the crop after scaling by the resize factor (one for both axes) and shifting by the crop corner
-    (reference §2.2-2.4; unlike the release, out-of-image keypoints are missing rather than (0, 0), quirk Q14).
-    Everything else, and every absent person, is ``(-1, -1, 0)``. With ``flip`` the crop is mirrored
-    (x -> size - 1 - x, so pixel column c maps to size - 1 - c as the flipped image does) and left/right joints
-    swap (``COCO_FLIP_INDEX``).
+    A keypoint survives when it is finite, inside the original image, has score > ``keypoint_thresh`` and lands inside
+    the crop after scaling by the resize factor (one for both axes) and shifting by the crop corner (docs/release_behaviours.md
+    §2.2-2.4; unlike the release, out-of-image keypoints are missing rather than (0, 0), Q14). Everything else, and
+    every absent person, is ``(-1, -1, 0)``. With ``flip`` the crop is mirrored (x -> size - 1 - x, so pixel column c
+    maps to size - 1 - c as the flipped image does) and left/right joints swap (``COCO_FLIP_INDEX``).
     """
     pose = np.tile(np.asarray(MISSING_KEYPOINT, np.float32), (max_person_num, keypoint_num, 1))
     for p, keypoints in enumerate(people[:max_person_num]):

@@ -1,7 +1,7 @@
 """ViG graph convolutions (EdgeConv, MRConv, GraphSAGE, GIN) on a kNN graph, without (B, 2C, N, k) tensors.
 
 All four keep ViG's parameter layout (``BasicConv`` = grouped 1x1 conv, groups 4, + ReLU, stored as ``nn.0``)
-so released checkpoints load (DESIGN.md section 6, reference section 6). The neighbour aggregation runs on
+so released checkpoints load (docs/design.md §6, docs/release_behaviours.md §6). The neighbour aggregation runs on
 per-node projections and a gather of projected features instead of materialising the concatenated edge
 tensor; see ``EdgeConv`` for the algebra.
 """
@@ -92,7 +92,7 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
 
 
 class EdgeConv(nn.Module):
-    """EdgeConv: out_i = max_j ReLU(W [y_i; y_j - y_i] + b), W a grouped 1x1 conv (ViG; DESIGN.md section 6).
+    """EdgeConv: out_i = max_j ReLU(W [y_i; y_j - y_i] + b), W a grouped 1x1 conv (ViG; docs/design.md §6).
 
     Memory-efficient evaluation. Expand the grouped weight to its block-diagonal (Cout, 2C) form and split it
     into A (acting on y_i) and D (acting on y_j - y_i): W [y_i; y_j - y_i] = (A - D) y_i + D y_j. ReLU is

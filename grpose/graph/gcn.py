@@ -1,4 +1,4 @@
-"""ViG-style dynamic graph convolution block used inside PGI (DESIGN.md section 6, reference section 6)."""
+"""ViG-style dynamic graph convolution block used inside PGI (docs/design.md §6, docs/release_behaviours.md §6)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class DynamicGraphConv(nn.Module):
 
 
 class GCN(nn.Module):
-    """GCN block: y = BN(conv1x1(x)); out = graph_conv(y) + x (reference section 6; no FFN, unlike ViG's Grapher).
+    """GCN block: y = BN(conv1x1(x)); out = graph_conv(y) + x (docs/release_behaviours.md §6; no FFN unlike ViG).
 
     Keys: ``conv1.0`` (1x1 conv), ``conv1.1`` (BatchNorm2d), ``graph_conv.gconv.*`` (see grpose.graph.convs).
     """

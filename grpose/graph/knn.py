@@ -1,4 +1,4 @@
-"""Dense dynamic k-nearest-neighbour graph over feature-map nodes (ViG-style, DESIGN.md section 6)."""
+"""Dense dynamic k-nearest-neighbour graph over feature-map nodes (ViG-style, docs/design.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pose-alignment metrics: keypoint AP/AR, CAP (similarity AP) and PCE (metrics.md; quirks Q16, Q19-Q21)."""
+"""Pose-alignment metrics: keypoint AP/AR, CAP (similarity AP) and PCE (docs/metrics.md; quirks Q16, Q19-Q21)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def _per_image(value: Size, n: int, name: str) -> list[int]:
 
 
 def gt_person_mask(person_poses: np.ndarray) -> np.ndarray:
-    """Which person slots are GT people: at least one joint with x > 0 (metrics.md; both protocols)."""
+    """Which person slots are GT people: at least one joint with x > 0 (docs/metrics.md §1; both protocols)."""
     return (np.asarray(person_poses)[..., 0] > 0).any(axis=-1)
 
 
@@ -90,7 +90,7 @@ def gt_annotations(
     width: Size,
     protocol: str = "corrected",
 ) -> dict[str, Any]:
-    """Build a COCO keypoint ground-truth dict from input poses (metrics.md "Ground truth"; Q19).
+    """Build a COCO keypoint ground-truth dict from input poses (docs/metrics.md §1; Q19).
 
     A person slot is a GT person when one of its joints has x > 0 (missing joints are (-1, -1, 0)).
     ``protocol='released'`` reproduces the release: keypoints stored as (x, y, score) so that COCOeval's
@@ -150,7 +150,7 @@ def dt_annotations(detections: Sequence[Detection], image_ids: Sequence[int] | N
     """COCO keypoint results from per-image detections ``{'keypoints': (P,17,3), 'scores': (P,)}``.
 
     As pycocotools' ``loadRes`` does for keypoints: bbox/area from min/max over all 17 detected (x, y),
-    ids from 1 in list order. Every detection is kept (no score threshold, metrics.md "Detections").
+    ids from 1 in list order. Every detection is kept (no score threshold, docs/metrics.md §2).
     """
     ids = list(range(len(detections))) if image_ids is None else [int(i) for i in image_ids]
     if len(ids) != len(detections):
@@ -253,7 +253,7 @@ def evaluate_keypoint_ap(
     protocol: str = "corrected",
     image_ids: Sequence[Hashable] | None = None,
 ) -> dict[str, float]:
-    """COCO keypoint AP/AR over the whole set (metrics.md "AP / AR"): keys ``STAT_KEYS`` = stats[0..9].
+    """COCO keypoint AP/AR over the whole set (docs/metrics.md §3): keys ``STAT_KEYS`` = stats[0..9].
 
     ``XtCOCOeval`` (pycocotools with xtcocotools' -1 "unmatched" sentinel), iouType 'keypoints', COCO-17 sigmas,
     OKS .50:.05:.95, maxDets [20], area ranges all/medium/large. -1 means "no GT person in that area range".
@@ -274,7 +274,7 @@ def evaluate_cap(
     slip: bool = True,
     image_ids: Sequence[Hashable] | None = None,
 ) -> dict[str, float]:
-    """Similarity AP/AR (CAP) over the whole set: keys ``STAT_KEYS`` (metrics.md "CAP"; Q16).
+    """Similarity AP/AR (CAP) over the whole set: keys ``STAT_KEYS`` (docs/metrics.md §4; Q16).
 
     ``slip=True`` is the paper-compatible formula (detected y replaced by x_d/||y_d||), ``slip=False`` the
     intended one. ``protocol`` sets the GT box/area (area ranges) and the zero-range/NaN handling.
@@ -299,7 +299,7 @@ def pce(
     protocol: str = "corrected",
     batch_size: int = 4,
 ) -> float:
-    """People-count error (metrics.md "PCE"; Q20).
+    """People-count error (docs/metrics.md §5; Q20).
 
     corrected: mean over all images of |#GT - #detections|.
     released: per batch of ``batch_size`` images (in the given order) the Q20 value, then the mean over batches,
@@ -338,7 +338,7 @@ def evaluate_pose_alignment(
     batch_size: int = 4,
     image_ids: Sequence[Hashable] | None = None,
 ) -> dict[str, Any]:
-    """All pose-alignment metrics (metrics.md; Q16, Q19-Q21).
+    """All pose-alignment metrics (docs/metrics.md; Q16, Q19-Q21).
 
     Whole set (sorted by ``image_ids`` when given): ``ap``..``ar_l`` (COCO keypoint stats[0..9]), ``cap`` (paper
     formula with the Q16 slip), ``cap_corrected`` (intended formula), ``car``/``car_corrected`` (stats[5]),

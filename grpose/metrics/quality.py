@@ -1,4 +1,4 @@
-"""Image-quality metrics: FID, KID (torchmetrics, local Inception weights), CLIP-score (open_clip) (§13, Q17/Q22)."""
+"""Image-quality metrics: FID, KID (torchmetrics, local Inception weights), CLIP-score (docs/metrics.md §8)."""
 
 from __future__ import annotations
 
@@ -164,7 +164,8 @@ def quality_from_features(
     kid_subsets: int = 100,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """FID/KID per scene against that scene's real images, their mean over scenes (released, §13.4/Q22: scenes
+    """FID/KID per scene against that scene's real images, their mean over scenes (released,
+    docs/release_behaviours.md §13.4/Q22: scenes
     without a value are left out of the mean) and over the pooled set. ``real``/``fake``: {scene: {feature
     name: (N, D)}}; scenes present on both sides are scored.
 
@@ -288,7 +289,8 @@ def clip_score(
     """CLIP-score as torchmetrics defines it: mean over pairs of 100 * max(cos(image emb, text emb), 0).
 
     Images go through open_clip's own eval transform (shorter side to the model resolution, bicubic, centre crop,
-    CLIP mean/std); prompts are truncated to the context length by the tokenizer. Not in the release (§13.5).
+    CLIP mean/std); prompts are truncated to the context length by the tokenizer. Not in the release
+    (docs/release_behaviours.md §13.5).
     Returns {'clip_score', 'num_pairs'}.
     """
     if len(images) != len(prompts):

@@ -1,4 +1,4 @@
-"""CAP ("SAP", similarity AP): weighted-cosine keypoint similarity and its COCOeval (metrics.md "CAP"; Q16)."""
+"""CAP ("SAP", similarity AP): weighted-cosine keypoint similarity and its COCOeval (docs/metrics.md §4; Q16)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pycocotools.coco import COCO
 
 from grpose.metrics.cocoeval import XtCOCOeval
 
-#: COCO-17 per-keypoint OKS sigmas (metrics.md "AP / AR").
+#: COCO-17 per-keypoint OKS sigmas (docs/metrics.md §3).
 COCO_SIGMAS = np.array(
     [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
 )
@@ -18,7 +18,7 @@ NUM_JOINTS = 17
 
 
 def weighted_cosine_similarity(gt_kpts: np.ndarray, dt_kpts: np.ndarray, slip: bool, nan_policy: str) -> float:
-    """CAP similarity of one (detection, GT person) pair (metrics.md "CAP"; Q16).
+    """CAP similarity of one (detection, GT person) pair (docs/metrics.md §4; Q16).
 
     Joints with GT visibility > 0 are kept; x and y are divided by the COCO sigmas, min-max normalised and
     L2-normalised per vector; the result is the cosine of [x_g; y_g] and [x_d; y_d].
@@ -65,7 +65,7 @@ def weighted_cosine_similarity(gt_kpts: np.ndarray, dt_kpts: np.ndarray, slip: b
 
 
 class SimilarityCOCOeval(XtCOCOeval):
-    """Keypoint COCOeval whose OKS matrix is replaced by the CAP similarity (metrics.md "CAP"; Q16).
+    """Keypoint COCOeval whose OKS matrix is replaced by the CAP similarity (docs/metrics.md §4; Q16).
 
     Matching (with the -1 "unmatched" sentinel of the release, so GT id 0 is matched normally), thresholds
     (.50:.05:.95), area ranges and accumulation are those of ``XtCOCOeval``.

@@ -1,4 +1,4 @@
-"""BottomUpPoseEstimator: mmpose 0.x ``inference_bottom_up_pose_model`` rebuilt on torch + NumPy (reference §2)."""
+"""BottomUpPoseEstimator: mmpose 0.x ``inference_bottom_up_pose_model`` in torch + NumPy (docs/pose_pipeline.md §2)."""
 
 from __future__ import annotations
 
@@ -14,18 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from grpose.checkpoint import CheckpointError, read_state_dict
-from grpose.pose.grouping import (
-    COCO_FLIP_INDEX,
-    COCO_SIGMAS,
-    GroupingParams,
-    Solver,
-    group_to_image,
-    munkres_1_1_4,
-    parse,
-    people_to_results,
-)
+from grpose.pose.assignment import Solver, munkres_1_1_4
+from grpose.pose.grouping import GroupingParams, group_to_image, parse
 from grpose.pose.higherhrnet import HRNET_VARIANTS, HigherHRNet, load_state_dict_strict
 from grpose.pose.mobilenetv2 import MobileNetV2AE, rename_mmpose_key
+from grpose.pose.nms import people_to_results
+from grpose.pose.skeleton import COCO_FLIP_INDEX, COCO_SIGMAS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """Per-architecture test_cfg facts (reference §2.1)."""
+    """Per-architecture test_cfg facts (docs/pose_pipeline.md §2.1)."""
 
     checkpoint: str
     what: str
@@ -84,7 +78,7 @@ ARCHS: dict[str, ArchSpec] = {
 
 @dataclass
 class ImageMeta:
-    """Resize facts of one image (reference §2.2): original size, network input size, center and scale."""
+    """Resize facts of one image (docs/pose_pipeline.md §2.2): original size, network input size, center and scale."""
 
     height: int
     width: int
@@ -98,7 +92,7 @@ def _ceil64(x: float) -> int:
 
 
 def image_meta(height: int, width: int, input_size: int = 512, use_udp: bool = False) -> ImageMeta:
-    """``_get_multi_scale_size`` for scale 1 (reference §2.2)."""
+    """``_get_multi_scale_size`` for scale 1 (docs/pose_pipeline.md §2.2)."""
     h, w = height, width
     if w < h:
         w_res = _ceil64(input_size)
@@ -115,7 +109,8 @@ def image_meta(height: int, width: int, input_size: int = 512, use_udp: bool = F
 
 
 def resize_align(img: np.ndarray, meta: ImageMeta, use_udp: bool) -> np.ndarray:
-    """``BottomUpResizeAlign``'s warp (uint8 HxWx3 -> h_res x w_res x 3); the identity for 512x512 (reference §2.2).
+    """``BottomUpResizeAlign``'s warp (uint8 HxWx3 -> h_res x w_res x 3), identity at 512 px; docs/pose_pipeline.md
+    §2.2.
 
     Other sizes go through ``cv2.warpAffine``; bitwise equality with the reference needs OpenCV 4.10.
     """
@@ -156,7 +151,7 @@ class BottomUpPoseEstimator:
     ``value_range`` ((0, 1) or (-1, 1)); float images are truncated to uint8 levels (``quantize``) as the GRPose
     evaluation did. ``channel_order`` says what the arrays / tensor channels are: 'rgb' (correct use) or 'bgr'.
     mmpose treated arrays as BGR; the released GRPose evaluation passed RGB arrays, which is reproduced by
-    calling with RGB data and ``channel_order='bgr'`` (reference §2.9). Returns per image a dict with
+    calling with RGB data and ``channel_order='bgr'`` (docs/pose_pipeline.md §2.9). Returns per image a dict with
     'keypoints' (P,17,3) float32 x, y, score in input-image pixels, 'scores' (P,) and 'areas' (P,), in mmpose's
     order (pose NMS, best first). The network runs batched on ``device``; grouping runs on the CPU per image.
     """
@@ -285,7 +280,7 @@ class BottomUpPoseEstimator:
 
     @torch.no_grad()
     def network(self, x: torch.Tensor, base_size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Forward (and flipped forward) and aggregation (reference §2.3-2.4).
+        """Forward (and flipped forward) and aggregation (docs/pose_pipeline.md §2.3-2.4).
 
         Returns 'heatmaps' (B,K,h,w), 'tags' (B,K,h,w,L), 'backbone' and 'backbone_flip' (when flip_test).
         """

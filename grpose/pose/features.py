@@ -1,4 +1,4 @@
-"""PoseFeatureNetwork: frozen MobileNetV2 AE backbone features of a [-1, 1] image, differentiable (reference §2.9)."""
+"""PoseFeatureNetwork: frozen MobileNetV2 AE backbone features of a [-1, 1] image (docs/pose_pipeline.md §2.9)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 class PoseFeatureNetwork(nn.Module):
     """The pose perception loss's network: MobileNetV2 backbone output (B,1280,H/32,W/32) of an RGB [-1,1] image.
 
-    Preprocessing stays in torch so gradients reach the input: x01 = clamp((x+1)/2, 0, 1), ImageNet normalisation
-    and, with ``flip`` (the released feature: the flipped pass of mmpose's flip test, reference §2.9), a horizontal
-    flip. The release additionally truncated the image to uint8 levels, which has no gradient; that is left out
-    here. The weights are frozen (eval mode, requires_grad False). Loads the ``backbone.*`` keys of the mmpose
+    Preprocessing stays in torch so gradients reach the input: x01 = clamp((x+1)/2, 0, 1), ImageNet normalisation and,
+    with ``flip`` (the released feature: the flipped pass of mmpose's flip test, docs/pose_pipeline.md §2.9), a
+    horizontal flip. The release additionally truncated the image to uint8 levels, which has no gradient; that is left
+    out here. The weights are frozen (eval mode, requires_grad False). Loads the ``backbone.*`` keys of the mmpose
     MobileNetV2 AE checkpoint; ``keypoint_head.*`` keys are ignored.
     """
 

@@ -1,4 +1,4 @@
-"""HigherHRNet: timm's HRNet backbone + mmpose 0.x's AEHigherResolutionHead, with mmpose key names (reference §1.1)."""
+"""HigherHRNet: timm's HRNet backbone + mmpose 0.x's AEHigherResolutionHead, its keys (docs/pose_pipeline.md §1.1)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ class AEHigherResolutionHead(nn.Module):
 def build_hrnet_backbone(variant: str = "hrnet_w48") -> nn.Module:
     """timm HRNet returning mmpose's backbone output: branch 0 of stage 4 (stride 4), as a one-element list.
 
-    The unused fuse outputs of the last stage-4 module are dropped, so the keys equal mmpose's (reference §4.1).
+    The unused fuse outputs of the last stage-4 module are dropped, so the keys equal mmpose's
+    (docs/pose_pipeline.md §4.1).
     """
     import timm
 

@@ -53,27 +53,35 @@ def gaussian_blur(image: torch.Tensor, kernel_size: int, sigma: float) -> torch.
     return _conv1d_along(x, kernel, image.ndim - 2)
 
 
+#: Value of the hint's background (nothing drawn); every drawn pixel is above it.
+HINT_BACKGROUND = -1.0
+
+
 def pose_masks(
     hint: torch.Tensor,
     kernel_sizes: Sequence[int] = (23, 13),
     sigma: float = 3.0,
     latent_factor: int = 8,
-    threshold: float = -1.0,
+    threshold: float = HINT_BACKGROUND,
 ) -> torch.Tensor:
-    """Pose masks of GRPose ``get_input`` (reference §3): one (B, H/f, W/f) mask per Gaussian kernel size.
+    """Pose masks of GRPose ``get_input`` (docs/release_behaviours.md §3): one (B, H/f, W/f) mask per kernel size.
 
-    For each kernel size k: Gaussian-blur the hint (B, 3, H, W) in [-1, 1], mark pixels whose blurred value is
-    ``> threshold`` in any channel, and set a latent cell to 1 when any of its f x f pixels is marked
-    (max-pool). Returns (K, B, H // f, W // f) in the hint's floating dtype; vectorised on the hint's device.
+    Released definition, for each kernel size k: Gaussian-blur the hint (B, 3, H, W) in [-1, 1] (k x k, ``sigma``),
+    mark pixels whose blurred value is ``> threshold`` in any channel, and set a latent cell to 1 when any of its
+    f x f pixels is marked. Returns (K, B, H // f, W // f) in the hint's floating dtype, on the hint's device.
 
-    Numerics (quirk Q6): the release compares ``blur(hint) > -1`` in fp32, where the k=23 blur of the constant
-    -1 background comes out as -0.99999994, making that mask all ones. We instead evaluate the equivalent
-    ``blur(hint - threshold) > 0`` (the kernel is normalised, so both are the same in exact arithmetic) in at
-    least float32: the background is then exactly 0 and stays 0 after blurring, while any pixel above the
-    threshold inside the k x k window gives a strictly positive sum. For a hint >= threshold everywhere (every
-    rendered skeleton) each mask therefore equals the exact dilation of the skeleton by a (k - 1) / 2 Chebyshev
-    radius, pooled to the latent grid, for every kernel size and dtype. The released training only used the
-    last kernel (13), for which this equals the released fp32 result.
+    At the threshold the project uses (-1, the background value; training in the release and here) this is exactly
+    a dilation: the kernel is normalised and positive on the whole k x k square, so ``blur(hint + 1) > 0`` holds
+    iff a drawn pixel (> -1) lies within Chebyshev radius r = (k - 1) / 2 (reflect padding only mirrors pixels that
+    are already at least as close). Dilating by r and then taking the f x f "any" is one max-pool over the drawn
+    pixels: kernel f + 2r, stride f, padding r. So ``sigma`` has no effect there, and neither does the hint's dtype.
+    The release computed ``blur(hint) > -1`` in fp32, where the k=23 blur of the -1 background rounds to
+    -0.99999994 and that mask came out all ones (docs/release_behaviours.md Q6); only the last kernel (13) was
+    ever used, and for it the release's result equals this dilation (GRPoseModel computes only the last one, so the
+    23 in ``gaussian_kernels: [23, 13]`` has no effect either).
+
+    Any other threshold (the release's inference threshold -0.99, Q5, is used nowhere here; the tests keep it) is
+    evaluated as the blur: ``blur(hint - threshold) > 0`` in at least float32.
     """
     if hint.ndim != 4:
         raise ValueError(f"pose_masks expects a hint of shape (B, C, H, W), got {tuple(hint.shape)}")
@@ -82,8 +90,15 @@ def pose_masks(
         raise ValueError(f"hint size {h}x{w} is not a multiple of the latent factor {latent_factor}")
     out_dtype = hint.dtype if hint.is_floating_point() else torch.float32
     compute_dtype = torch.float64 if hint.dtype == torch.float64 else torch.float32
-    shifted = hint.to(compute_dtype) - threshold
     masks = []
+    if threshold == HINT_BACKGROUND:
+        drawn = (hint > threshold).any(dim=1, keepdim=True).to(compute_dtype)  # (B, 1, H, W)
+        for kernel_size in kernel_sizes:
+            r = int(kernel_size) // 2
+            cells = F.max_pool2d(drawn, kernel_size=latent_factor + 2 * r, stride=latent_factor, padding=r)
+            masks.append(cells[:, 0])  # (B, H/f, W/f)
+        return torch.stack(masks).to(out_dtype)
+    shifted = hint.to(compute_dtype) - threshold
     for kernel_size in kernel_sizes:
         blurred = gaussian_blur(shifted, int(kernel_size), sigma)
         marked = (blurred > 0).any(dim=1, keepdim=True).to(compute_dtype)  # (B, 1, H, W)

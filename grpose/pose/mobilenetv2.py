@@ -1,4 +1,4 @@
-"""MobileNetV2 associative-embedding net: torchvision backbone + mmpose 0.x AESimpleHead (reference §1.2, §4.2)."""
+"""MobileNetV2 AE net: torchvision backbone + mmpose 0.x AESimpleHead (docs/pose_pipeline.md §1.2, §4.2)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import torch
 from torch import nn
 
-# Blocks per layer of mmpose's MobileNetV2 (arch settings n), reference §4.2.
+# Blocks per layer of mmpose's MobileNetV2 (arch settings n), docs/pose_pipeline.md §4.2.
 _LAYER_BLOCKS = (1, 2, 3, 4, 3, 3, 1)
 _LAYER_OFFSET = [1 + sum(_LAYER_BLOCKS[:i]) for i in range(len(_LAYER_BLOCKS))]
 

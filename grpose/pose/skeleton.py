@@ -7,7 +7,7 @@ import colorsys
 import cv2
 import numpy as np
 
-# COCO-17 keypoint order (reference §2.1).
+# COCO-17 keypoint order (docs/pose_pipeline.md §2.1).
 COCO_KEYPOINT_NAMES: tuple[str, ...] = (
     "nose",
     "left_eye",
@@ -28,8 +28,8 @@ COCO_KEYPOINT_NAMES: tuple[str, ...] = (
     "right_ankle",
 )
 
-# The 16 limbs of the HumanSD skeleton used by GRPose, in drawing order (reference §2.6). No shoulder-shoulder,
-# hip-hip or neck edges; the ears connect to the shoulders.
+# The 16 limbs of the HumanSD skeleton used by GRPose, in drawing order (docs/release_behaviours.md §2.6). No
+# shoulder-shoulder, hip-hip or neck edges; the ears connect to the shoulders.
 LIMBS: tuple[tuple[int, int], ...] = (
     (0, 1),
     (0, 2),
@@ -52,6 +52,14 @@ LIMBS: tuple[tuple[int, int], ...] = (
 # Index of the mirrored joint: a horizontal flip maps joint i to COCO_FLIP_INDEX[i].
 COCO_FLIP_INDEX: tuple[int, ...] = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
 
+# Per-keypoint OKS sigmas as mmpose's COCO dataset_info writes them (0.026, ...), used by pose NMS
+# (docs/pose_pipeline.md §2.1). grpose/metrics keeps pycocotools' float form of the same table, [.26, ...] / 10,
+# which differs in the last bit (<= 1.4e-17): each side matches its reference implementation bit for bit.
+COCO_SIGMAS = np.array(
+    [0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087]
+    + [0.089, 0.089]
+)
+
 
 def _hls_palette(num_colors: int, h: float = 0.01, l: float = 0.6, s: float = 0.65) -> tuple[tuple[int, int, int], ...]:
     """seaborn's ``color_palette("hls", n)``: hues i/n + h, fixed lightness/saturation, as int(255*c) RGB."""
@@ -63,7 +71,7 @@ def _hls_palette(num_colors: int, h: float = 0.01, l: float = 0.6, s: float = 0.
     return tuple(colors)
 
 
-# Limb i is drawn with colour i (reference §2.6 table).
+# Limb i is drawn with colour i (docs/release_behaviours.md §2.6 table).
 LIMB_COLORS: tuple[tuple[int, int, int], ...] = _hls_palette(len(LIMBS))
 
 
@@ -83,7 +91,7 @@ def render_skeleton(
     threshold: float = 0.02,
     canvas: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Draw COCO-17 skeletons as in the GRPose release (``plot_kpts``, reference §2.6).
+    """Draw COCO-17 skeletons as in the GRPose release (``plot_kpts``, docs/release_behaviours.md §2.6).
 
     ``pose`` is (P, 17, 3) (x, y, score) in pixels; a (17, 3) array is one person. For every person in order
     and every limb in ``LIMBS`` order, when both ends are present (x, y != -1 and score > ``threshold``) a
@@ -91,7 +99,7 @@ def render_skeleton(
     circles of radius ``thickness // 2`` at both ends, in the limb's ``LIMB_COLORS`` colour; later limbs and
     people overwrite earlier ones. Returns a new uint8 (H, W, 3) RGB image: black, or a copy of ``canvas``
     (uint8 (H, W, 3) RGB, e.g. a generated image) drawn over. Unlike the release, a person is never skipped
-    because ``np.sum(pose) <= 0`` (quirk Q14); only the per-limb presence test applies.
+    because ``np.sum(pose) <= 0`` (docs/release_behaviours.md Q14); only the per-limb presence test applies.
     """
     pose = np.asarray(pose, dtype=np.float64)
     if pose.ndim == 2:
