@@ -113,9 +113,9 @@ def stage_unet(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
         spec.batch_size,
         scale,
         spec.caption_dropout,
-        base.schedule.timesteps,
-        base.schedule.linear_start,
-        base.schedule.linear_end,
+        base.timesteps,
+        base.linear_start,
+        base.linear_end,
     )
     model = run_loop(
         "unet",

@@ -32,9 +32,9 @@ ROWS: dict[str, list[str]] = {
     "ControlNet": ["configs/lab/controlnet.yaml"],
     "GRPose": [BASE],
     "GRPose + pose loss": [BASE, "configs/lab/grpose_poseloss.yaml"],
-    "GRPose, MRConv": [BASE, "configs/grpose/ablations/conv_mr.yaml"],
-    "GRPose, k=4": [BASE, "configs/grpose/ablations/k4.yaml"],
-    "GRPose, PGI at levels 1-2": [BASE, "configs/grpose/ablations/pgi_levels_12.yaml"],
+    "GRPose, MRConv": ["configs/lab/ablations/conv_mr.yaml"],
+    "GRPose, k=4": ["configs/lab/ablations/k4.yaml"],
+    "GRPose, PGI at levels 1-2": ["configs/lab/ablations/pgi_levels_12.yaml"],
 }
 SEEDED_ROWS = ("ControlNet", "GRPose")  # rows run with every --seeds value; the others with the first seed
 COLUMNS = ("ap", "ap50", "cap", "pce", "ap_released", "ap50_released", "cap_released", "pce_released")

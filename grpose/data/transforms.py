@@ -80,11 +80,12 @@ def clean_pose(
 ) -> np.ndarray:
     """Keypoints of the first ``max_person_num`` people in output-crop pixels, (max_person_num, K, 3) float32.
 
-    A keypoint survives when it is finite, inside the original image, has score > ``keypoint_thresh`` and lands inside
-    the crop after scaling by the resize factor (one for both axes) and shifting by the crop corner (docs/release_behaviours.md
-    §2.2-2.4; unlike the release, out-of-image keypoints are missing rather than (0, 0), Q14). Everything else, and
-    every absent person, is ``(-1, -1, 0)``. With ``flip`` the crop is mirrored (x -> size - 1 - x, so pixel column c
-    maps to size - 1 - c as the flipped image does) and left/right joints swap (``COCO_FLIP_INDEX``).
+    A keypoint survives when it is finite, inside the original image, has score > ``keypoint_thresh`` and lands
+    inside the crop after scaling by the resize factor (one for both axes) and shifting by the crop corner
+    (docs/release_behaviours.md §2.2-2.4; unlike the release, out-of-image keypoints are missing rather than
+    (0, 0), Q14). Everything else, and every absent person, is ``(-1, -1, 0)``. With ``flip`` the crop is mirrored
+    (x -> size - 1 - x, so pixel column c maps to size - 1 - c as the flipped image does) and left/right joints
+    swap (``COCO_FLIP_INDEX``).
     """
     pose = np.tile(np.asarray(MISSING_KEYPOINT, np.float32), (max_person_num, keypoint_num, 1))
     for p, keypoints in enumerate(people[:max_person_num]):
