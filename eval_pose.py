@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from grpose.config import ConfigError, instantiate, load_config
+from grpose.cli import configure_logging
+from grpose.config import ConfigError, instantiate, load_config, split_overrides
 from grpose.trust import add_trust_argument, honours_trust_flag
 
 log = logging.getLogger("grpose.eval")
@@ -472,14 +473,15 @@ def run_rank(rank: int, world_size: int, args: argparse.Namespace) -> dict[str, 
 
 def _spawned(rank: int, world_size: int, args: argparse.Namespace, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s rank{rank} %(name)s: %(message)s")
+    configure_logging(f"%(levelname)s rank{rank} %(name)s: %(message)s")
     run_rank(rank, world_size, args)
 
 
 @honours_trust_flag
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.config_model, args.overrides = split_overrides(args.config_model, args.overrides)
+    configure_logging("%(levelname)s %(name)s: %(message)s")
     started = time.time()
     try:
         config = load_config(*args.config_model, overrides=args.overrides)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from grpose.config import ConfigError, instantiate, load_config
+from grpose.cli import configure_logging
+from grpose.config import ConfigError, instantiate, load_config, split_overrides
 from grpose.trust import add_trust_argument, honours_trust_flag
 
 log = logging.getLogger("grpose.train")
@@ -194,7 +195,8 @@ def final_evaluation(model, config: DictConfig, run_dir: Path) -> dict:
 @honours_trust_flag
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.config, args.overrides = split_overrides(args.config, args.overrides)
+    configure_logging("%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(*args.config, overrides=args.overrides)
     except ConfigError as err:
@@ -237,12 +239,15 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = run_directory(args)
     os.environ["GRPOSE_RUN_DIR"] = str(run_dir)
-    model = instantiate(config.model, "model")
+    try:
+        model = instantiate(config.model, "model")
+        datamodule = instantiate(config.data, "data", recursive=False)  # datasets are built lazily by the DataModule
+    except ConfigError as err:
+        raise SystemExit(str(err)) from err
     if config.get("base_weights") and not args.control_ckpt and not args.resume:
         load_base_weights(model, list(config.base_weights))
     if args.control_ckpt and not args.resume:
         load_control_ckpt(model, args.control_ckpt)
-    datamodule = instantiate(config.data, "data", recursive=False)  # datasets are built lazily by the DataModule
 
     ckpt_dir = run_dir / "checkpoints"
     log_frequency = args.log_frequency or trainer_cfg.get("log_frequency", 300)

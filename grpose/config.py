@@ -76,6 +76,16 @@ def _load_file(path: Path, including: tuple[Path, ...]) -> DictConfig:
     return OmegaConf.merge(*parts, config)
 
 
+def split_overrides(paths: Sequence[str], overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Config paths and overrides of a command line whose ``--config`` list swallowed trailing ``key=value`` items.
+
+    ``train.py --config a.yaml key=value`` parses ``key=value`` as a config path (argparse's ``nargs="+"``); an
+    item holding "=" is never a YAML path here, so it goes back to the overrides, in command-line order.
+    """
+    moved = [p for p in paths if "=" in p]
+    return [p for p in paths if "=" not in p], [*moved, *overrides]
+
+
 def apply_overrides(config: DictConfig, overrides: Iterable[str]) -> DictConfig:
     """Apply dotted command-line overrides such as ``model.params.alpha=3`` (values are parsed as YAML)."""
     overrides = list(overrides)
@@ -159,8 +169,10 @@ def instantiate(node: Any, yaml_path: str = "<config>", recursive: bool = True, 
         return fn(**params)
     except ConfigError:
         raise
-    except TypeError as err:
-        raise ConfigError(f"{yaml_path}: building {node['target']} failed: {err}") from err
+    except (TypeError, ValueError) as err:  # a wrong value type or range in the config (e.g. batch_size=abc)
+        raise ConfigError(
+            f"{yaml_path}: building {node['target']} failed: {err} (check the values under {yaml_path}.params)"
+        ) from err
 
 
 def _instantiate_nested(value: Any, yaml_path: str) -> Any:

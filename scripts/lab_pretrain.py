@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from grpose.cli import configure_logging
 from grpose.config import ConfigError, instantiate, load_config
 
 log = logging.getLogger("grpose.lab_pretrain")
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", default=None, metavar="DIR", help="2 steps per stage on a tiny dataset in DIR")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. unet.steps=100")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, overrides=args.overrides)
         base = load_config(config.base_config)

@@ -166,7 +166,9 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from grpose.cli import configure_logging
+
+    configure_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     steps = args.steps or (40 if args.quick else 300)
     num_images = args.num_images or (16 if args.quick else 64)
     seeds = args.seeds or ([0] if args.quick else [0, 1])

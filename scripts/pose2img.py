@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base_model", default=None, help="another SD1.5 checkpoint for the frozen parts")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from grpose.cli import configure_logging
+
+    configure_logging("%(levelname)s %(name)s: %(message)s")
 
     import torch
     from PIL import Image

@@ -1,4 +1,6 @@
-"""Loading weight files never runs code from them unless trusted (grpose.checkpoint, grpose.safe_pickle; README "Loading weight files safely").
+"""Loading weight files never runs code from them unless trusted (grpose.checkpoint, grpose.safe_pickle).
+
+README "Loading weight files safely" documents the rules.
 
 Every CLI that takes a weight file gets a checkpoint whose pickle carries a ``__reduce__`` payload (it would write a
 marker file) next to a valid state dict: the payload never runs and the refusal names the callable. Legitimate
