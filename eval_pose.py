@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metric_batch_size", type=int, default=4, help="batch of the per-batch AP rows (ap_batch_mean); 4 as released"
     )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="GPU speed switches for sampling (issue #12): frozen parts in bf16, fused kNN, pose branch cached per "
+        "batch, CUDA-graphed DDIM steps, cuDNN autotuning; add --compile for regional torch.compile",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the repeated UNet/adapter blocks")
     p.add_argument("--ddim_steps", type=int, default=50)
     p.add_argument("--ddim_eta", type=float, default=0.0)
     p.add_argument("--scale", type=float, default=9.0, help="classifier-free guidance scale")
@@ -174,6 +181,16 @@ def load_model(args: argparse.Namespace, config: DictConfig, device):
             swap_base_model(model, args.base_model)
     except CheckpointError as err:
         raise SystemExit(f"--ckpt/--base_model does not fit the model config {args.config_model}: {err}") from err
+    if getattr(args, "fast", False):
+        model.configure_speed(
+            frozen_dtype="bf16",
+            knn_backend="auto",
+            sample_cache_pose=True,
+            sample_cuda_graph=True,
+            cudnn_benchmark=True,
+        )
+    if getattr(args, "compile", False):
+        model.configure_speed(compile_blocks=True)
     return model.to(device).eval()
 
 

@@ -136,17 +136,23 @@ class GRPoseModel(pl.LightningModule):
         compile_blocks: bool | str | None = None,
         sample_cache_pose: bool | None = None,
         sample_cuda_graph: bool | None = None,
+        knn_backend: str | None = None,
+        cudnn_benchmark: bool | None = None,
     ) -> GRPoseModel:
         """Switch speed options on (None leaves one as it is); eval_pose.py calls this with its flags.
 
-        frozen_dtype: cast the frozen modules (VAE, text encoder, pose network, the UNet or its frozen encoder) to
+        frozen_dtype: cast the frozen modules (VAE, text encoder, the UNet or its frozen encoder; not the pose
+        network of the perception loss, which runs in fp32 with autocast off as released) to
         this dtype once, instead of autocast casting each weight at every op (15 % of the GPU time of a training
         step). Needs autocast in that dtype (bf16-mixed) on the trainable parts, as training and sampling use.
+        knn_backend: the adapter's kNN implementation (``grpose.graph.knn.dense_knn``: torch, triton, auto).
+        cudnn_benchmark: set ``torch.backends.cudnn.benchmark`` (process-wide: cuDNN times its algorithms per shape).
         """
         if frozen_dtype is not None and parse_dtype(frozen_dtype) != torch.float32:
             dtype = parse_dtype(frozen_dtype)
             for module in self._frozen_modules():
-                module.to(dtype=dtype)
+                if module is not self.pose_feature_network:  # runs in fp32 with autocast off, as released
+                    module.to(dtype=dtype)
             self.frozen_dtype = str(frozen_dtype)
         if channels_last:
             for module in (self.unet, self.control_model, self.first_stage_model):
@@ -159,6 +165,16 @@ class GRPoseModel(pl.LightningModule):
             self.sample_cache_pose = bool(sample_cache_pose)
         if sample_cuda_graph is not None:
             self.sample_cuda_graph = bool(sample_cuda_graph)
+        if knn_backend is not None:
+            from grpose.graph.gcn import DynamicGraphConv
+            from grpose.graph.knn import resolve_backend
+
+            resolve_backend(knn_backend, torch.device("cpu"))  # checks the name
+            for module in self.control_model.modules():
+                if isinstance(module, DynamicGraphConv):
+                    module.knn_backend = knn_backend
+        if cudnn_benchmark is not None:
+            torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
         return self
 
     def _input(self, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -242,11 +258,17 @@ class GRPoseModel(pl.LightningModule):
         if self.channels_last:
             z_t = z_t.contiguous(memory_format=torch.channels_last)
             hint = None if hint is None else hint.contiguous(memory_format=torch.channels_last)
-        if pose_cond is not None:
-            control = self.control_model(z_t, t, context, hint, pose_cond=pose_cond)
+        if self.frozen_dtype is not None:  # no-ops under autocast; keep the adapter's inputs in its own dtype
+            dtype = _dtype_of(self.control_model)
+            z_in, ctx_in = z_t.to(dtype), context.to(dtype)
         else:
-            control = self.control_model(z_t, t, context, hint)
-        return self.unet(self._input(z_t, self.unet), t, self._input(context, self.unet), control=list(control))
+            z_in, ctx_in = z_t, context
+        if pose_cond is not None:
+            control = self.control_model(z_in, t, ctx_in, hint, pose_cond=pose_cond)
+        else:
+            control = self.control_model(z_in, t, ctx_in, hint)
+        control = [self._input(c, self.unet) for c in control]
+        return self.unet(self._input(z_t, self.unet), t, self._input(context, self.unet), control=control)
 
     @staticmethod
     def batch_images(batch: dict[str, Any], key: str) -> torch.Tensor:
@@ -287,10 +309,9 @@ class GRPoseModel(pl.LightningModule):
         pose_net.to(device=images.device)
         x0 = predict_x0_from_eps(z_t, t, eps, self.sqrt_recip_alphas_cumprod, self.sqrt_recipm1_alphas_cumprod)
         predicted = self.decode_latents(x0)  # (B, 3, H, W)
-        dtype = torch.float32 if self.frozen_dtype is None else _dtype_of(pose_net)
         with torch.no_grad():
-            target = pose_net(images.to(dtype))
-        features = pose_net(predicted.to(dtype))  # (B, 1280, H/32, W/32)
+            target = pose_net(images.float())
+        features = pose_net(predicted.float())  # (B, 1280, H/32, W/32)
         per_sample = F.mse_loss(features.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         return self.percept_loss_weight * self.alphas_cumprod[t] * per_sample
 

@@ -33,6 +33,9 @@ def _tie_broken_keys(dist: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 KNN_BACKENDS = ("torch", "triton", "auto")
+# Dot-product precision of the triton kernel when a call names none: "tf32x3" (tensor cores, fp32-level error) or
+# "ieee" (fp32 FMA).
+DEFAULT_TRITON_PRECISION = "tf32x3"
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -54,7 +57,7 @@ def dense_knn(
     dilation: int = 1,
     chunk_size: int | None = None,
     backend: str = "torch",
-    precision: str = "tf32x3",
+    precision: str | None = None,
 ) -> torch.Tensor:
     """Indices of the k nearest nodes of every node, by squared Euclidean distance of L2-normalised features.
 
@@ -65,7 +68,8 @@ def dense_knn(
         chunk_size: query nodes per chunk (bounds memory at B * chunk_size * N entries); None picks one.
         backend: "torch" (chunked distance block + int64 top-k), "triton" (fused kernel, grpose.graph.knn_triton,
             CUDA or TRITON_INTERPRET=1) or "auto" (triton on CUDA). Same keys and tie rule in both.
-        precision: the triton kernel's dot precision ("ieee" fp32 FMA or "tf32x3", fp32-level error).
+        precision: the triton kernel's dot precision ("ieee" fp32 FMA or "tf32x3", fp32-level error); None takes
+            ``DEFAULT_TRITON_PRECISION``.
 
     Returns:
         idx (B, N, k) int64, neighbours ordered by increasing distance, exact ties broken by lower index.
@@ -87,7 +91,7 @@ def dense_knn(
 
         with torch.autocast(device_type=x.device.type, enabled=False):
             feats = F.normalize(x.detach().float(), p=2.0, dim=1)  # (B, C, N)
-            idx = knn_triton(feats, span, precision)  # (B, N, span)
+            idx = knn_triton(feats, span, precision or DEFAULT_TRITON_PRECISION)  # (B, N, span)
         return idx[:, :, ::dilation].contiguous()
     chunk = chunk_size or auto_chunk_size(batch, num_nodes, device=x.device)
     # float32 throughout: under autocast baddbmm would return bf16/fp16 and break the bit-level keys

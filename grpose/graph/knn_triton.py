@@ -38,6 +38,7 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         BLOCK_C: tl.constexpr,
         PRECISION: tl.constexpr,
+        EMPTY: tl.constexpr,  # KEY_MAX: no key yet
     ):
         pid_m = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
@@ -45,7 +46,10 @@ if triton is not None:
         row_ok = rows < N
         sq_i = tl.load(sq_ptr + b * N + rows, mask=row_ok, other=0.0)
         slot = tl.arange(0, KPAD)
-        best = tl.full((BLOCK_M, KPAD), KEY_MAX, tl.int64)  # ascending, KEY_MAX = empty
+        # The SPAN best keys so far as an unsorted set: slots >= SPAN hold -1 (never the max, never taken); the
+        # SPAN live slots start at distinct "empty" values above any key, so exactly one slot is the worst.
+        best = tl.where(slot[None, :] < SPAN, EMPTY - slot[None, :].to(tl.int64), -1)
+        best = tl.broadcast_to(best, (BLOCK_M, KPAD))
         for start in range(0, N, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             col_ok = cols < N
@@ -64,18 +68,26 @@ if triton is not None:
             dist = (sq_j[None, :] - 2.0 * acc) + sq_i[:, None]
             dist = tl.maximum(dist, 0.0) + 0.0  # clamp rounding negatives; -0.0 -> +0.0
             keys = (dist.to(tl.int32, bitcast=True).to(tl.int64) << 32) | cols[None, :].to(tl.int64)
-            keys = tl.where(col_ok[None, :], keys, KEY_MAX)
-            # skip the merge when no candidate of the tile beats the current span-th best of any row
+            keys = tl.where(col_ok[None, :], keys, EMPTY)
+            # Insert the tile's candidates that beat a row's current worst, smallest first; after the first tiles
+            # only a few per row do, so the loop runs max_rows(min(count, SPAN)) times, not SPAN times per tile.
             worst = tl.max(best, axis=1)
-            if tl.sum((tl.min(keys, axis=1) < worst).to(tl.int32), axis=0) > 0:
-                merged = tl.full((BLOCK_M, KPAD), KEY_MAX, tl.int64)
-                for s in tl.static_range(SPAN):
-                    m = tl.minimum(tl.min(keys, axis=1), tl.min(best, axis=1))  # next smallest key per row
-                    merged = tl.where(slot[None, :] == s, m[:, None], merged)
-                    keys = tl.where(keys == m[:, None], KEY_MAX, keys)  # keys are unique (index bits)
-                    best = tl.where(best == m[:, None], KEY_MAX, best)
-                best = merged
-        out = best & 0xFFFFFFFF
+            count = tl.sum((keys < worst[:, None]).to(tl.int32), axis=1)
+            rounds = tl.minimum(tl.max(count, axis=0), SPAN)
+            for _ in range(rounds):
+                m = tl.min(keys, axis=1)
+                worst = tl.max(best, axis=1)
+                take = m < worst
+                best = tl.where((best == worst[:, None]) & take[:, None], m[:, None], best)
+                keys = tl.where(keys == m[:, None], EMPTY, keys)  # keys are unique (index bits)
+        # sort the SPAN live slots ascending
+        live = tl.where(best >= 0, best, EMPTY)
+        ordered = tl.full((BLOCK_M, KPAD), 0, tl.int64)
+        for s in tl.static_range(SPAN):
+            m = tl.min(live, axis=1)
+            ordered = tl.where(slot[None, :] == s, m[:, None], ordered)
+            live = tl.where(live == m[:, None], EMPTY, live)
+        out = ordered - ((ordered >> 32) << 32)  # the candidate index (keys are non-negative)
         tl.store(
             out_ptr + b * N * SPAN + rows[:, None] * SPAN + slot[None, :],
             out,
@@ -114,5 +126,6 @@ def knn_triton(feats: torch.Tensor, span: int, precision: str = "tf32x3") -> tor
         BLOCK_N=block_n,
         BLOCK_C=block_c,
         PRECISION=precision,
+        EMPTY=KEY_MAX,
     )
     return out
