@@ -66,6 +66,11 @@ PLAIN_OVERRIDES = (
 )
 
 
+# The cumulative training variant that equals configs/grpose/humanart.yaml (no adapter checkpointing, frozen bf16,
+# kNN backend auto; cuDNN autotuning, channels-last and compile stay off there).
+DEFAULT_TRAIN_VARIANT = "+ knn_backend=auto (triton on CUDA)"
+
+
 class Recorder:
     """Collects rows per section, prints each and rewrites the JSON file after every row."""
 
@@ -409,6 +414,46 @@ def bench_knn(rec: Recorder, device: torch.device, smoke: bool) -> None:
         _free(device)
 
 
+def speed_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #12 targets from the rows: default-config step at batch 6, images/s, eval time, peak memory."""
+    out = []
+    train = {r["variant"]: r for r in result.get("train", []) if "step_s" in r}
+    default = train.get(DEFAULT_TRAIN_VARIANT)
+    if default:
+        out.append(
+            {
+                "target": "training step b6, default config (configs/grpose/humanart.yaml) <= 0.13 s",
+                "measured": f"{default['step_s']:.3f} s, MFU {default.get('mfu') or 0:.3f}",
+                "met": default["step_s"] <= 0.13,
+            }
+        )
+        out.append(
+            {
+                "target": "peak memory b6 without pose loss < 40 GB",
+                "measured": f"{default['peak_memory_gib']:.1f} GiB",
+                "met": default["peak_memory_gib"] * 2**30 < 40e9,
+            }
+        )
+    rates = [r for r in result.get("sample", []) if "images_per_s" in r]
+    if rates:
+        best = max(rates, key=lambda r: r["images_per_s"])
+        out.append(
+            {
+                "target": "DDIM-50 + CFG b8 >= 3 images/s",
+                "measured": f"{best['images_per_s']:.2f} images/s ({best['variant']})",
+                "met": best["images_per_s"] >= 3,
+            }
+        )
+        out.append(
+            {
+                "target": "Human-Art eval sampling (4750 images) < 35 min",
+                "measured": f"{best['eval_min']:.1f} min of sampling (pose detection not included)",
+                "met": best["eval_min"] < 35,
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None)
@@ -435,8 +480,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             fn()
         except Exception:  # noqa: BLE001 - keep the other sections
             traceback.print_exc()
+    rec.result["targets"] = speed_targets(rec.result)
     rec.result["wall_s"] = rec.elapsed()
     rec.save()
+    for row in rec.result["targets"]:
+        print(f"target {row['target']}: {row['measured']} -> {'met' if row['met'] else 'NOT met'}")
     for section in ("sample", "train"):
         for row in rec.result[section]:
             keys = ("step_s", "run_s", "images_per_s", "peak_memory_gib", "mfu", "eps_rel_err", "warmup_s", "error")
