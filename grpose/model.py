@@ -350,6 +350,11 @@ class GRPoseModel(pl.LightningModule):
         return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay, fused=fused)
 
     def on_fit_start(self) -> None:
+        if self.compile_blocks:
+            log.warning(
+                "compile_blocks is on for training: on an H200 it was slower than eager and the adapter gradient "
+                "differed from the plain path by 67 %% (README 'Benchmarks'); use it for sampling"
+            )
         rank_zero_info(
             f"GRPose: {self.num_trainable_parameters() / 1e6:.2f} M trainable parameters "
             f"(sd_locked={self.sd_locked}), learning rate {self.learning_rate:g}"
