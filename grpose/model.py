@@ -17,6 +17,7 @@ from torch import nn
 from grpose.diffusion.ddim import ddim_sample
 from grpose.diffusion.schedule import make_beta_schedule, predict_x0_from_eps, q_sample, schedule_buffers
 from grpose.pose.masks import pose_masks
+from grpose.speed import GraphedDenoiser, compile_blocks, parse_dtype
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,14 @@ NEGATIVE_PROMPT = (
     "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
     "worst quality, low quality"
 )
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    """dtype of a module's first floating-point parameter (float32 when it has none)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+
+
+compile_blocks_fn = compile_blocks
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -68,7 +77,18 @@ class GRPoseModel(pl.LightningModule):
         sample_steps: int = 50,
         guidance_scale: float = 9.0,
         negative_prompt: str = NEGATIVE_PROMPT,
+        frozen_dtype: str | None = None,
+        channels_last: bool = False,
+        compile_blocks: bool | str = False,
+        sample_cache_pose: bool = False,
+        sample_cuda_graph: bool = False,
     ) -> None:
+        """Speed switches (README "Benchmarks"; each off = the plain path, see ``configure_speed``): ``frozen_dtype``
+        stores the frozen parts in that dtype ("bf16", "fp16"; None keeps fp32 and lets autocast cast per op),
+        ``channels_last`` puts UNet, adapter and VAE in NHWC, ``compile_blocks`` torch.compiles the repeated blocks
+        (True or a torch.compile mode), ``sample_cache_pose`` computes the pose-only part of the adapter once per
+        sample() call and ``sample_cuda_graph`` replays each DDIM step as one captured CUDA graph.
+        """
         super().__init__()
         # The scalar arguments go to checkpoints and loggers; the parts are modules built from the config, which
         # load_from_checkpoint rebuilds from the resolved config train.py stores with every checkpoint.
@@ -102,7 +122,73 @@ class GRPoseModel(pl.LightningModule):
         self.guidance_scale = guidance_scale
         self.negative_prompt = negative_prompt
         self.num_skipped_batches = 0
+        self._negative_cache: dict[tuple, torch.Tensor] = {}
         self._freeze()
+        self.frozen_dtype = self.channels_last = self.compile_blocks = None
+        self.sample_cache_pose = self.sample_cuda_graph = False
+        self.configure_speed(
+            frozen_dtype=frozen_dtype,
+            channels_last=channels_last,
+            compile_blocks=compile_blocks,
+            sample_cache_pose=sample_cache_pose,
+            sample_cuda_graph=sample_cuda_graph,
+        )
+
+    def configure_speed(
+        self,
+        frozen_dtype: str | None = None,
+        channels_last: bool | None = None,
+        compile_blocks: bool | str | None = None,
+        sample_cache_pose: bool | None = None,
+        sample_cuda_graph: bool | None = None,
+        knn_backend: str | None = None,
+        cudnn_benchmark: bool | None = None,
+    ) -> GRPoseModel:
+        """Switch speed options on (None leaves one as it is); eval_pose.py calls this with its flags.
+
+        frozen_dtype: cast the frozen modules (VAE, text encoder, the UNet or its frozen encoder; not the pose
+        network of the perception loss, which runs in fp32 with autocast off as released) to
+        this dtype once, instead of autocast casting each weight at every op (15 % of the GPU time of a training
+        step). Needs autocast in that dtype (bf16-mixed) on the trainable parts, as training and sampling use.
+        knn_backend: the adapter's kNN implementation (``grpose.graph.knn.dense_knn``: torch, triton, auto).
+        cudnn_benchmark: set ``torch.backends.cudnn.benchmark`` (process-wide: cuDNN times its algorithms per shape).
+        """
+        if frozen_dtype is not None and parse_dtype(frozen_dtype) != torch.float32:
+            dtype = parse_dtype(frozen_dtype)
+            for module in self._frozen_modules():
+                if module is not self.pose_feature_network:  # runs in fp32 with autocast off, as released
+                    module.to(dtype=dtype)
+            self.frozen_dtype = str(frozen_dtype)
+        if channels_last:
+            for module in (self.unet, self.control_model, self.first_stage_model):
+                module.to(memory_format=torch.channels_last)
+            self.channels_last = True
+        if compile_blocks:
+            compile_blocks_fn(self, None if compile_blocks is True else str(compile_blocks))
+            self.compile_blocks = compile_blocks
+        if sample_cache_pose is not None:
+            self.sample_cache_pose = bool(sample_cache_pose)
+        if sample_cuda_graph is not None:
+            self.sample_cuda_graph = bool(sample_cuda_graph)
+        if knn_backend is not None:
+            from grpose.graph.gcn import DynamicGraphConv
+            from grpose.graph.knn import resolve_backend
+
+            resolve_backend(knn_backend, torch.device("cpu"))  # checks the name
+            for module in self.control_model.modules():
+                if isinstance(module, DynamicGraphConv):
+                    module.knn_backend = knn_backend
+        if cudnn_benchmark is not None:
+            torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+        return self
+
+    def _input(self, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        """x in the dtype of a frozen module stored in ``frozen_dtype`` (and NHWC with channels_last)."""
+        if self.frozen_dtype is not None and x.is_floating_point():
+            x = x.to(_dtype_of(module))
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -187,20 +273,40 @@ class GRPoseModel(pl.LightningModule):
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, sample: bool = True) -> torch.Tensor:
         """VAE latent z0 = E(x)·scale_factor of images (B, 3, H, W) in [-1, 1]; a posterior sample as ldm."""
-        posterior = self.first_stage_model.encode(images)
+        posterior = self.first_stage_model.encode(self._input(images, self.first_stage_model))
         z = posterior.sample() if sample else posterior.mode()
         return z * self.scale_factor
 
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in about [-1, 1] from latents; differentiable (used by the perception loss)."""
-        return self.first_stage_model.decode(z / self.scale_factor)
+        return self.first_stage_model.decode(self._input(z / self.scale_factor, self.first_stage_model))
 
     def apply_model(
-        self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, hint: torch.Tensor
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        hint: torch.Tensor | None,
+        pose_cond: dict[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """eps prediction of the frozen UNet steered by the adapter's 13 residuals (docs/design.md §3)."""
-        control = self.control_model(z_t, t, context, hint)
-        return self.unet(z_t, t, context, control=list(control))
+        """eps prediction of the frozen UNet steered by the adapter's 13 residuals (docs/design.md §3).
+
+        ``pose_cond``: the adapter's ``pose_condition(hint)`` computed beforehand (Graph Pose Adapter only).
+        """
+        if self.channels_last:
+            z_t = z_t.contiguous(memory_format=torch.channels_last)
+            hint = None if hint is None else hint.contiguous(memory_format=torch.channels_last)
+        if self.frozen_dtype is not None:  # no-ops under autocast; keep the adapter's inputs in its own dtype
+            dtype = _dtype_of(self.control_model)
+            z_in, ctx_in = z_t.to(dtype), context.to(dtype)
+        else:
+            z_in, ctx_in = z_t, context
+        if pose_cond is not None:
+            control = self.control_model(z_in, t, ctx_in, hint, pose_cond=pose_cond)
+        else:
+            control = self.control_model(z_in, t, ctx_in, hint)
+        control = [self._input(c, self.unet) for c in control]
+        return self.unet(self._input(z_t, self.unet), t, self._input(context, self.unet), control=control)
 
     @staticmethod
     def batch_images(batch: dict[str, Any], key: str) -> torch.Tensor:
@@ -282,6 +388,11 @@ class GRPoseModel(pl.LightningModule):
         return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay, fused=fused)
 
     def on_fit_start(self) -> None:
+        if self.compile_blocks:
+            log.warning(
+                "compile_blocks is on for training: on an H200 it was slower than eager and the adapter gradient "
+                "differed from the plain path by 67 %% (README 'Benchmarks'); use it for sampling"
+            )
         rank_zero_info(
             f"GRPose: {self.num_trainable_parameters() / 1e6:.2f} M trainable parameters "
             f"(sd_locked={self.sd_locked}), learning rate {self.learning_rate:g}"
@@ -321,13 +432,28 @@ class GRPoseModel(pl.LightningModule):
         uncond = None
         if scale != 1.0:
             neg = self.negative_prompt if negative_prompt is None else negative_prompt
-            uncond = self.encode_text([neg] * b)
+            uncond = self.negative_context(neg, b)
+        pose_cond = None
+        if self.sample_cache_pose and hasattr(self.control_model, "pose_condition"):
+            pose_cond = self.control_model.pose_condition(
+                hint.contiguous(memory_format=torch.channels_last) if self.channels_last else hint
+            )
+        repeated: dict[int, tuple] = {}  # the hint / pose condition tiled for the CFG batch, made once
 
         def denoiser(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
             if not use_adapter:
-                return self.unet(x, t, ctx)
+                return self.unet(self._input(x, self.unet), t, self._input(ctx, self.unet))
             repeat = x.shape[0] // b  # 2 when cond and uncond run in one batch
-            return self.apply_model(x, t, ctx, hint.repeat(repeat, 1, 1, 1))
+            if repeat not in repeated:
+                if pose_cond is None:
+                    repeated[repeat] = (hint.repeat(repeat, 1, 1, 1), None)
+                else:
+                    repeated[repeat] = (None, {i: v.repeat(repeat, 1, 1, 1) for i, v in pose_cond.items()})
+            tiled_hint, tiled_cond = repeated[repeat]
+            return self.apply_model(x, t, ctx, tiled_hint, pose_cond=tiled_cond)
+
+        if self.sample_cuda_graph and hint.is_cuda:
+            denoiser = GraphedDenoiser(denoiser)
 
         z = ddim_sample(
             denoiser,
@@ -342,3 +468,17 @@ class GRPoseModel(pl.LightningModule):
             progress=progress,
         )
         return self.decode_latents(z).clamp(-1, 1)
+
+    @torch.no_grad()
+    def negative_context(self, prompt: str, batch: int) -> torch.Tensor:
+        """The negative prompt's embedding (batch, 77, C), computed once per run (text encoder frozen) and expanded.
+
+        Keyed by prompt, device, dtype and the version counter of the token embedding, so loading new text-encoder
+        weights (an in-place copy) recomputes it.
+        """
+        first = next(self.cond_stage_model.parameters(), None)
+        autocast = torch.is_autocast_enabled(self.device.type)
+        key = (prompt, str(self.device), autocast, None if first is None else (first.dtype, first._version))
+        if key not in self._negative_cache:
+            self._negative_cache = {key: self.encode_text([prompt])}
+        return self._negative_cache[key].expand(batch, -1, -1)

@@ -49,6 +49,8 @@ TINY = ROOT / "configs/grpose/tiny.yaml"
 REAL = ROOT / "configs/grpose/humanart.yaml"
 REAL_POSELOSS = ROOT / "configs/grpose/humanart_poseloss.yaml"
 HUMANART_EVAL_IMAGES = 4750
+# Sections beyond benchmark_report.SECTIONS: "speed" runs scripts/benchmark_speed.py (GPU only, about 6 min).
+OPTIONAL_SECTIONS = ("speed",)
 # Dense bf16 tensor-core peak FLOP/s by device name (vendor datasheets; SXM parts).
 BF16_PEAK = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12))
 # Real PGI levels of configs/grpose/humanart.yaml: (channels, feature-map size) at 512 px (64x64 latents).
@@ -546,6 +548,12 @@ def run_suite(suite: str, sections: Sequence[str], smoke: bool, compile_model: b
         print(f"[{suite}] data (one worker, 512 px)", flush=True)
         out["data"] = bench_data(smoke)
         print("  " + row_text(out["data"]), flush=True)
+    if "speed" in sections and gpu and not smoke:
+        started["speed"] = time.perf_counter()
+        print(f"[{suite}] speed switches one by one (scripts/benchmark_speed.py)", flush=True)
+        from benchmark_speed import main as speed_main
+
+        out["speed"] = speed_main([])
     if "eval" in sections and "sample" in out:
         name = "SD1.5-size GRPose, bf16, this GPU" if gpu else "TINY model at 64 px on CPU (not the real model)"
         out["eval"] = eval_estimate(out["sample"], out.get("pose"), name)
@@ -559,16 +567,21 @@ def run_suite(suite: str, sections: Sequence[str], smoke: bool, compile_model: b
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=["cpu", "gpu", "all"], default="cpu")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument(
+        "--sections",
+        default=None,
+        help=f"comma-separated subset of {SECTIONS + OPTIONAL_SECTIONS} (default: all; 'speed' on the gpu suite only)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
     parser.add_argument("--smoke", action="store_true", help="one step of everything, tiny sizes (the test)")
     parser.add_argument("--compile", action="store_true", help="also time sampling with torch.compile'd UNet/adapter")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = sorted(set(sections) - set(SECTIONS))
+    default = SECTIONS + (OPTIONAL_SECTIONS if args.suite == "gpu" else ())
+    sections = [s.strip() for s in (args.sections or ",".join(default)).split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS + OPTIONAL_SECTIONS))
     if unknown:
-        parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+        parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS + OPTIONAL_SECTIONS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     suites = ["cpu", "gpu"] if args.suite == "all" else [args.suite]

@@ -23,11 +23,16 @@ def first_resblock_indices(num_res_blocks: int, num_levels: int) -> dict[int, in
 
 
 def run_block(
-    block: nn.Sequential, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None, pose: torch.Tensor | None
+    block: nn.Sequential,
+    h: torch.Tensor,
+    emb: torch.Tensor,
+    context: torch.Tensor | None,
+    pose: torch.Tensor | None,
+    pose_cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Apply an input block's layers; a PGI also gets the pose feature of its level."""
+    """Apply an input block's layers; a PGI also gets the pose feature of its level (or its cached pose branch)."""
     for layer in block:
-        h = layer(h, emb, pose) if isinstance(layer, PGI) else apply_layer(layer, h, emb, context)
+        h = layer(h, emb, pose, pose_cond) if isinstance(layer, PGI) else apply_layer(layer, h, emb, context)
     return h
 
 
@@ -61,6 +66,7 @@ class GraphPoseAdapter(ControlEncoder):
         k: int = 9,
         dilation: int = 1,
         knn_chunk_size: int | None = None,
+        knn_backend: str = "torch",
     ) -> None:
         candidates = first_resblock_indices(num_res_blocks, len(channel_mult))
         inject_layers = [int(i) for i in inject_layers]
@@ -93,6 +99,7 @@ class GraphPoseAdapter(ControlEncoder):
                 k=k,
                 dilation=dilation,
                 knn_chunk_size=knn_chunk_size,
+                knn_backend=knn_backend,
             )
 
         super().__init__(
@@ -133,18 +140,43 @@ class GraphPoseAdapter(ControlEncoder):
         )
         return {f"pose_encoder.{k}": (tuple(v.shape), reason) for k, v in full.items() if k not in own}
 
-    def forward(
-        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None, hint: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """x (B, 4, h, w), timesteps (B,), context (B, L, D), hint (B, 3, 8h, 8w) in [-1, 1] -> 13 residuals."""
-        self.check_hint(x, hint)
-        emb = self.embed_time(timesteps, x.shape[0])
+    def pose_condition(self, hint: torch.Tensor) -> dict[int, torch.Tensor]:
+        """{input block: its PGI's pose branch} for ``hint``: everything of the adapter that depends on the pose alone.
+
+        The pose encoder and each PGI's ``GCN_pose(cond_conv(p))`` see neither x nor the timestep, so sampling
+        computes them once per image batch (``forward(..., pose_cond=...)``) instead of at every DDIM step.
+        """
         pose_features = self.pose_encoder(hint) if self.pose_encoder is not None else []
+        out = {}
+        for i, level in self.level_of_block.items():
+            pgi = next(layer for layer in self.input_blocks[i] if isinstance(layer, PGI))
+            out[i] = pgi.pose_branch(pose_features[level])
+        return out
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor | None,
+        hint: torch.Tensor | None,
+        pose_cond: dict[int, torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """x (B, 4, h, w), timesteps (B,), context (B, L, D), hint (B, 3, 8h, 8w) in [-1, 1] -> 13 residuals.
+
+        ``pose_cond``: ``pose_condition(hint)`` computed beforehand (batch B); the hint is then not needed.
+        """
+        if pose_cond is None:
+            self.check_hint(x, hint)
+            pose_features = self.pose_encoder(hint) if self.pose_encoder is not None else []
+        emb = self.embed_time(timesteps, x.shape[0])
         outs = []
         h = x
         for i, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
             level = self.level_of_block.get(i)
-            h = run_block(block, h, emb, context, None if level is None else pose_features[level])
+            if pose_cond is not None:
+                h = run_block(block, h, emb, context, None, pose_cond.get(i))
+            else:
+                h = run_block(block, h, emb, context, None if level is None else pose_features[level])
             outs.append(zero_conv(h))
         h = self.middle_block(h, emb, context)
         outs.append(self.middle_block_out(h))

@@ -64,6 +64,7 @@ class PGI(TimestepBlock):
         k: int = 9,
         dilation: int = 1,
         knn_chunk_size: int | None = None,
+        knn_backend: str = "torch",
     ) -> None:
         super().__init__()
         out_channels = out_channels or channels
@@ -72,7 +73,9 @@ class PGI(TimestepBlock):
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.norm = nn.GroupNorm(32, out_channels, affine=False)
         self.cond_conv = nn.Conv2d(cond_channels, out_channels, 3, padding=1)
-        gcn_args = dict(kernel_size=k, dilation=dilation, conv=graph_conv, chunk_size=knn_chunk_size)
+        gcn_args = dict(
+            kernel_size=k, dilation=dilation, conv=graph_conv, chunk_size=knn_chunk_size, knn_backend=knn_backend
+        )
         self.gnn_latent = GCN(out_channels, **gcn_args)
         self.gnn_pose = GCN(out_channels, **gcn_args)
         self.fuse = FuseLayer(out_channels)
@@ -82,24 +85,36 @@ class PGI(TimestepBlock):
         )
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """x (B, Cin, H, W), emb (B, E), pose (B, Cp, H, W) -> (B, C, H, W)."""
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, emb: torch.Tensor, pose: torch.Tensor | None, pose_cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, Cin, H, W), emb (B, E), pose (B, Cp, H, W) -> (B, C, H, W).
+
+        ``pose_cond``: ``pose_branch(pose)`` computed beforehand (sampling reuses it across steps); pose is then unused.
+        """
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint(
                 self._forward,
                 x,
                 emb,
                 pose,
+                pose_cond,
                 use_reentrant=False,
                 context_fn=lambda: (contextlib.nullcontext(), _restore_batchnorm_stats(self)),
             )
-        return self._forward(x, emb, pose)
+        return self._forward(x, emb, pose, pose_cond)
 
-    def _forward(self, x: torch.Tensor, emb: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    def pose_branch(self, pose: torch.Tensor) -> torch.Tensor:
+        """GCN_pose(cond_conv(pose)): depends on the pose feature only, not on x or the timestep."""
+        return self.gnn_pose(self.cond_conv(pose))
+
+    def _forward(
+        self, x: torch.Tensor, emb: torch.Tensor, pose: torch.Tensor | None, pose_cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.in_layers(x)
         h = h + self.emb_layers(emb).type(h.dtype)[:, :, None, None]  # (B, C) -> (B, C, 1, 1)
         h = self.norm(h)
-        c = self.cond_conv(pose)
-        h, c = self.gnn_latent(h), self.gnn_pose(c)
+        c = self.pose_branch(pose) if pose_cond is None else pose_cond
+        h = self.gnn_latent(h)
         f = self.gnn(self.fuse(h, c))
         return self.skip_connection(x) + self.out_layers(f)

@@ -33,6 +33,9 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm that computes in float32 and casts back to the input dtype (ldm ``GroupNorm32``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None and self.weight.dtype != torch.float32:  # frozen in bf16 (frozen_dtype)
+            weight, bias = self.weight.float(), None if self.bias is None else self.bias.float()
+            return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
         return super().forward(x.float()).type(x.dtype)
 
 

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Default bound on the gathered (B, C, nodes, k) block held at once by gather_max.
+# Default bound on the gathered (B, C, nodes, k) block held at once by gather_max; CUDA takes one chunk at the
+# real sizes (each chunk is several launches; 32M entries at batch 16 is about 0.3 GB of temporaries).
 GATHER_BUDGET = 1 << 22
+GATHER_BUDGET_CUDA = 1 << 25
 
 
 def _expand_index(idx: torch.Tensor, channels: int) -> torch.Tensor:
@@ -54,7 +56,8 @@ class _GatherMax(torch.autograd.Function):
 def gather_max(feats: torch.Tensor, idx: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
     """Max of ``feats`` (B, C, N) over the neighbours ``idx`` (B, N, k) of each node -> (B, C, N)."""
     batch, channels, _ = feats.shape
-    chunk = chunk_size or max(1, GATHER_BUDGET // (batch * channels * idx.shape[-1]))  # nodes per chunk
+    budget = GATHER_BUDGET_CUDA if feats.is_cuda else GATHER_BUDGET
+    chunk = chunk_size or max(1, budget // (batch * channels * idx.shape[-1]))  # nodes per chunk
     return _GatherMax.apply(feats, idx, chunk)
 
 

@@ -20,16 +20,18 @@ class DynamicGraphConv(nn.Module):
         dilation: int = 1,
         conv: str = "edge",
         chunk_size: int | None = None,
+        knn_backend: str = "torch",
     ) -> None:
         super().__init__()
         if conv not in GRAPH_CONVS:
             raise ValueError(f"unknown graph conv {conv!r}; choose one of {sorted(GRAPH_CONVS)}")
         self.kernel_size, self.dilation, self.chunk_size = kernel_size, dilation, chunk_size
+        self.knn_backend = knn_backend
         self.gconv = GRAPH_CONVS[conv](in_channels, out_channels)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """y (B, C, N) -> (B, Cout, N); neighbours by L2-normalised feature distance, self included."""
-        idx = dense_knn(y, self.kernel_size, self.dilation, self.chunk_size)  # (B, N, k)
+        idx = dense_knn(y, self.kernel_size, self.dilation, self.chunk_size, backend=self.knn_backend)  # (B, N, k)
         return self.gconv(y, idx, self.chunk_size)
 
 
@@ -46,10 +48,13 @@ class GCN(nn.Module):
         dilation: int = 1,
         conv: str = "edge",
         chunk_size: int | None = None,
+        knn_backend: str = "torch",
     ) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, in_channels, 1), nn.BatchNorm2d(in_channels))
-        self.graph_conv = DynamicGraphConv(in_channels, in_channels, kernel_size, dilation, conv, chunk_size)
+        self.graph_conv = DynamicGraphConv(
+            in_channels, in_channels, kernel_size, dilation, conv, chunk_size, knn_backend
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) -> (B, C, H, W); nodes are the H*W positions of each sample."""

@@ -32,8 +32,33 @@ def _tie_broken_keys(dist: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return keys.bitwise_left_shift_(32).bitwise_or_(index)
 
 
+KNN_BACKENDS = ("torch", "triton", "auto")
+# Dot-product precision of the triton kernel when a call names none: "tf32x3" (tensor cores, fp32-level error) or
+# "ieee" (fp32 FMA).
+DEFAULT_TRITON_PRECISION = "tf32x3"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """'auto' -> 'triton' on CUDA when triton imports, else 'torch'; other names are checked and kept."""
+    if backend not in KNN_BACKENDS:
+        raise ValueError(f"knn backend must be one of {KNN_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        from grpose.graph import knn_triton
+
+        return "triton" if device.type == "cuda" and knn_triton.available() else "torch"
+    return backend
+
+
+@torch.compiler.disable
 @torch.no_grad()
-def dense_knn(x: torch.Tensor, k: int, dilation: int = 1, chunk_size: int | None = None) -> torch.Tensor:
+def dense_knn(
+    x: torch.Tensor,
+    k: int,
+    dilation: int = 1,
+    chunk_size: int | None = None,
+    backend: str = "torch",
+    precision: str | None = None,
+) -> torch.Tensor:
     """Indices of the k nearest nodes of every node, by squared Euclidean distance of L2-normalised features.
 
     Args:
@@ -41,6 +66,10 @@ def dense_knn(x: torch.Tensor, k: int, dilation: int = 1, chunk_size: int | None
         k: neighbours per node; the node itself is included (distance 0).
         dilation: take the ``k * dilation`` nearest and keep every ``dilation``-th (ViG dilated kNN).
         chunk_size: query nodes per chunk (bounds memory at B * chunk_size * N entries); None picks one.
+        backend: "torch" (chunked distance block + int64 top-k), "triton" (fused kernel, grpose.graph.knn_triton,
+            CUDA or TRITON_INTERPRET=1) or "auto" (triton on CUDA). Same keys and tie rule in both.
+        precision: the triton kernel's dot precision ("ieee" fp32 FMA or "tf32x3", fp32-level error); None takes
+            ``DEFAULT_TRITON_PRECISION``.
 
     Returns:
         idx (B, N, k) int64, neighbours ordered by increasing distance, exact ties broken by lower index.
@@ -57,6 +86,13 @@ def dense_knn(x: torch.Tensor, k: int, dilation: int = 1, chunk_size: int | None
             f"dense_knn: k * dilation = {k} * {dilation} = {span} exceeds the number of nodes {num_nodes}; "
             "use a smaller kernel_size/dilation or a larger feature map"
         )
+    if resolve_backend(backend, x.device) == "triton":
+        from grpose.graph.knn_triton import knn_triton
+
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            feats = F.normalize(x.detach().float(), p=2.0, dim=1)  # (B, C, N)
+            idx = knn_triton(feats, span, precision or DEFAULT_TRITON_PRECISION)  # (B, N, span)
+        return idx[:, :, ::dilation].contiguous()
     chunk = chunk_size or auto_chunk_size(batch, num_nodes, device=x.device)
     # float32 throughout: under autocast baddbmm would return bf16/fp16 and break the bit-level keys
     with torch.autocast(device_type=x.device.type, enabled=False):
