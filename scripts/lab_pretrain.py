@@ -52,27 +52,56 @@ def header(
     return meta
 
 
-def stage_autoencoder(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
-    from grpose.lab.autoencoder_stage import autoencoder_step_fn, latent_scale_factor
-    from grpose.lab.loop import run_loop
-    from grpose.lab.weights import export_weights, prefixed
+def init_from(module: torch.nn.Module, spec: DictConfig, prefixes: dict[str, str], name: str) -> None:
+    """Start a stage from the weights of an earlier build (``<stage>.init_from``, e.g. to continue it on another
+    machine): each ``prefixes`` entry maps a file key prefix to a submodule name prefix; loaded strictly."""
+    path = spec.get("init_from")
+    if not path or (Path(spec.work_dir) / "state.pt").is_file():  # a resumed run has its own state
+        return
+    from grpose.checkpoint import load_into, read_state_dict
 
-    spec = config.autoencoder
-    images = torch.from_numpy(lab_arrays(config, "training").images)
-    torch.manual_seed(spec.seed)
-    vae = instantiate(base.vae, "vae").to(config.device)
-    step = autoencoder_step_fn(vae, images, spec.batch_size, spec.crop, spec.kl_weight)
-    vae = run_loop(
-        "autoencoder",
-        vae,
+    state = read_state_dict(path, config_key=f"{name}.init_from")
+    mapped = {}
+    for key, value in state.items():
+        for file_prefix, module_prefix in prefixes.items():
+            if key.startswith(file_prefix):
+                mapped[module_prefix + key[len(file_prefix) :]] = value.float()
+    load_into(module, mapped, strict=True, source=str(path))
+    log.info("%s: initialised from %s", name, path)
+
+
+def train_stage(name: str, module: torch.nn.Module, step, config: DictConfig) -> torch.nn.Module:
+    """``run_loop`` with the stage's config node: steps, learning rate, warm-up, weight decay, EMA, seed, folder."""
+    from grpose.lab.loop import run_loop
+
+    spec = config[name]
+    return run_loop(
+        name,
+        module,
         step,
         spec.steps,
         spec.learning_rate,
         spec.work_dir,
         spec.seed,
         warmup_steps=spec.warmup_steps,
+        weight_decay=spec.get("weight_decay", 0.0),
+        ema_decay=spec.get("ema_decay"),
         max_seconds=config.max_seconds,
     )
+
+
+def stage_autoencoder(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
+    from grpose.lab.autoencoder_stage import autoencoder_step_fn, latent_scale_factor
+    from grpose.lab.weights import export_weights, prefixed
+
+    spec = config.autoencoder
+    images = torch.from_numpy(lab_arrays(config, "training").images)
+    torch.manual_seed(spec.seed)
+    vae = instantiate(base.vae, "vae")
+    init_from(vae, spec, {"first_stage_model.": ""}, "autoencoder")
+    vae = vae.to(config.device)
+    step = autoencoder_step_fn(vae, images, spec.batch_size, spec.crop, spec.kl_weight)
+    vae = train_stage("autoencoder", vae, step, config)
     scale = latent_scale_factor(vae, images[:1024])
     log.info("autoencoder: latent scale factor 1/std = %.5f", scale)
     return export_weights(
@@ -93,7 +122,6 @@ def read_scale_factor(path: str | Path) -> float:
 def stage_unet(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
     from grpose.checkpoint import load_into, read_state_dict
     from grpose.lab.base_stage import BaseModel, base_step_fn, latent_moments
-    from grpose.lab.loop import run_loop
     from grpose.lab.weights import export_weights, prefixed
 
     spec = config.unet
@@ -105,7 +133,9 @@ def stage_unet(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
     scale = read_scale_factor(ae_file)
     means, stds = latent_moments(vae, torch.from_numpy(arrays.images))
     torch.manual_seed(spec.seed)
-    model = BaseModel(instantiate(base.unet, "unet"), instantiate(base.text_encoder, "text_encoder")).to(config.device)
+    model = BaseModel(instantiate(base.unet, "unet"), instantiate(base.text_encoder, "text_encoder"))
+    init_from(model, spec, {"model.diffusion_model.": "unet.", "cond_stage_model.": "text_encoder."}, "unet")
+    model = model.to(config.device)
     step = base_step_fn(
         model,
         means,
@@ -118,19 +148,7 @@ def stage_unet(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
         base.linear_start,
         base.linear_end,
     )
-    model = run_loop(
-        "unet",
-        model,
-        step,
-        spec.steps,
-        spec.learning_rate,
-        spec.work_dir,
-        spec.seed,
-        warmup_steps=spec.warmup_steps,
-        weight_decay=spec.weight_decay,
-        ema_decay=spec.ema_decay,
-        max_seconds=config.max_seconds,
-    )
+    model = train_stage("unet", model, step, config)
     weights = {**prefixed(model.unet, "model.diffusion_model."), **prefixed(model.text_encoder, "cond_stage_model.")}
     return export_weights(
         weights, spec.out, header(config, "unet", argv, model.stopped_at_step, {"scale_factor": f"{scale:.5f}"})
@@ -139,7 +157,6 @@ def stage_unet(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
 
 def stage_estimator(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
     from grpose.lab.estimator_stage import estimator_step_fn
-    from grpose.lab.loop import run_loop
     from grpose.lab.weights import export_weights
     from grpose.pose.estimator import BottomUpPoseEstimator
 
@@ -157,22 +174,13 @@ def stage_estimator(config: DictConfig, base: DictConfig, argv: list[str]) -> Pa
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        estimator.model = type(estimator.model)(spec.width_mult, head_channels=spec.head_channels).to(config.device)
+        estimator.model = type(estimator.model)(spec.width_mult, head_channels=spec.head_channels)
+    init_from(estimator.model, spec, {"": ""}, "estimator")
+    estimator.model.to(config.device)
     step = estimator_step_fn(
         estimator, arrays.images, arrays.poses, spec.batch_size, spec.sigma, spec.tag_weight, spec.keypoint_threshold
     )
-    model = run_loop(
-        "estimator",
-        estimator.model,
-        step,
-        spec.steps,
-        spec.learning_rate,
-        spec.work_dir,
-        spec.seed,
-        warmup_steps=spec.warmup_steps,
-        weight_decay=spec.weight_decay,
-        max_seconds=config.max_seconds,
-    )
+    model = train_stage("estimator", estimator.model, step, config)
     return export_weights(model.state_dict(), spec.out, header(config, "estimator", argv, model.stopped_at_step))
 
 

@@ -164,3 +164,11 @@ def test_associative_embedding_loss_pulls_people_together_and_pushes_them_apart(
     separated = torch.zeros(1, 17, 8, 8)
     separated.view(1, 17, -1)[:, :, 63] = 3.0
     assert float(associative_embedding_loss(separated, joints, visible)[1]) < 1e-3
+
+
+def test_a_stage_continues_from_the_file_given_in_init_from(lab_files, tmp_path):
+    """``<stage>.init_from`` starts a stage from an earlier build; a file of another part is refused by name."""
+    argv = ["--stage", "estimator", "--smoke", str(tmp_path)]
+    with pytest.raises(CheckpointError, match=r"does not fit|missing"):
+        lab_pretrain.main([*argv, f"estimator.init_from={lab_files}/autoencoder.safetensors"])
+    assert lab_pretrain.main([*argv, f"estimator.init_from={lab_files}/estimator.safetensors"]) == 0
