@@ -1,4 +1,8 @@
-"""The GRPose LightningModule: wires the frozen SD1.5 parts, the trainable adapter, the schedule and the losses."""
+"""The GRPose LightningModule: wires the frozen SD1.5 parts, the trainable adapter, the schedule and the losses.
+
+Longer than the project's usual 400 lines because it also holds sampling and the speed switches' plumbing
+(``configure_speed``), which change how the parts are called; the switches' helpers live in grpose/speed.py.
+"""
 
 from __future__ import annotations
 
