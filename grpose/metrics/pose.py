@@ -1,7 +1,7 @@
 """Pose-alignment metrics: keypoint AP/AR, CAP (similarity AP) and PCE (docs/metrics.md; quirks Q16, Q19-Q21).
 
 Slightly over 400 lines: both protocols' GT/detection conversion sits next to the metrics they feed, so the
-differences between the protocols (docs/metrics.md §2) can be read in one file.
+differences between the protocols (docs/metrics.md §1-§6) can be read in one file.
 """
 
 from __future__ import annotations
