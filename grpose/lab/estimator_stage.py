@@ -17,32 +17,42 @@ from grpose.pose.skeleton import COCO_FLIP_INDEX
 
 
 def heatmap_targets(
-    poses: np.ndarray, image_size: int, input_size: int, heatmap_size: int, sigma: float, threshold: float
+    poses: np.ndarray,
+    image_size: int,
+    input_size: int,
+    heatmap_size: int,
+    sigma: float,
+    threshold: float,
+    device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Targets of a batch of poses (B, P, 17, 3) in image pixels, for square images of ``image_size`` resized to
-    the network input ``input_size`` and heatmaps of ``heatmap_size``.
+    the network input ``input_size`` and heatmaps of ``heatmap_size``, computed on ``device``.
 
     The joint's heatmap position mirrors inference: heatmaps are upsampled to the input size by bilinear
     interpolation with ``align_corners=False`` (docs/pose_pipeline.md), under which heatmap cell u lands on input
     pixel stride·u + (stride - 1)/2; so the target sits at u = (input position - (stride - 1)/2) / stride.
 
-    Returns heatmaps (B, 17, h, h) (max over people of a Gaussian at each joint), joint positions (B, P, 17) as
-    flat heatmap indices, and a visibility mask (B, P, 17); a joint counts when its score > ``threshold`` and it
-    lies inside the image.
+    Returns heatmaps (B, 17, h, h) (max over people of a Gaussian at each joint), joint positions (B, P', 17) as
+    flat heatmap indices, and a visibility mask (B, P', 17); a joint counts when its score > ``threshold`` and it
+    lies inside the image. P' <= P drops the trailing person slots that no image of the batch uses (the dataset
+    pads every image to its maximum number of people), which keeps the (B, P', 17, h, h) Gaussians small.
     """
-    b, p, k, _ = poses.shape
+    pose = torch.as_tensor(np.asarray(poses, dtype=np.float32), device=device)
+    b, _, k, _ = pose.shape
+    used = int((pose[..., 2] > 0).any(-1).any(0).nonzero().max()) + 1 if bool((pose[..., 2] > 0).any()) else 0
+    pose = pose[:, :used]  # (B, P', 17, 3)
     stride = input_size / heatmap_size
-    xy = (poses[..., :2] * (input_size / image_size) - (stride - 1) / 2) / stride  # (B, P, 17, 2) heatmap pixels
-    visible = (poses[..., 2] > threshold) & (poses[..., 0] >= 0) & (poses[..., 1] >= 0)
-    visible &= (poses[..., 0] < image_size) & (poses[..., 1] < image_size)
-    grid = np.arange(heatmap_size, dtype=np.float32)
-    gx = np.exp(-((grid[None, None, None, :] - xy[..., 0, None]) ** 2) / (2 * sigma**2))  # (B, P, 17, w)
-    gy = np.exp(-((grid[None, None, None, :] - xy[..., 1, None]) ** 2) / (2 * sigma**2))  # (B, P, 17, h)
-    maps = gy[..., :, None] * gx[..., None, :] * visible[..., None, None]  # (B, P, 17, h, w)
-    heatmaps = maps.max(axis=1) if p else np.zeros((b, k, heatmap_size, heatmap_size), np.float32)
-    cells = np.clip(np.round(xy).astype(np.int64), 0, heatmap_size - 1)
-    flat = cells[..., 1] * heatmap_size + cells[..., 0]  # (B, P, 17)
-    return torch.from_numpy(heatmaps.astype(np.float32)), torch.from_numpy(flat), torch.from_numpy(visible)
+    xy = (pose[..., :2] * (input_size / image_size) - (stride - 1) / 2) / stride  # (B, P', 17, 2) heatmap pixels
+    visible = (pose[..., 2] > threshold) & (pose[..., 0] >= 0) & (pose[..., 1] >= 0)
+    visible &= (pose[..., 0] < image_size) & (pose[..., 1] < image_size)
+    grid = torch.arange(heatmap_size, dtype=torch.float32, device=pose.device)
+    gx = torch.exp(-((grid - xy[..., 0, None]) ** 2) / (2 * sigma**2))  # (B, P', 17, w)
+    gy = torch.exp(-((grid - xy[..., 1, None]) ** 2) / (2 * sigma**2))  # (B, P', 17, h)
+    maps = gy[..., :, None] * gx[..., None, :] * visible[..., None, None]  # (B, P', 17, h, w)
+    heatmaps = maps.amax(dim=1) if used else torch.zeros((b, k, heatmap_size, heatmap_size), device=pose.device)
+    cells = torch.round(xy).long().clamp(0, heatmap_size - 1)
+    flat = cells[..., 1] * heatmap_size + cells[..., 0]  # (B, P', 17)
+    return heatmaps, flat, visible
 
 
 def associative_embedding_loss(
@@ -113,11 +123,16 @@ def estimator_step_fn(
         output = estimator.model(x)[0]  # (B, 2K, in/4, in/4): heatmaps then tags
         heatmap_size = output.shape[-1]
         target, joints, visible = heatmap_targets(
-            np.stack([pose for _, pose in batch]), images.shape[1], x.shape[-1], heatmap_size, sigma, keypoint_threshold
+            np.stack([pose for _, pose in batch]),
+            images.shape[1],
+            x.shape[-1],
+            heatmap_size,
+            sigma,
+            keypoint_threshold,
+            device=output.device,
         )
-        device = output.device
-        heatmap_loss = F.mse_loss(output[:, :num_joints], target.to(device))
-        pull, push = associative_embedding_loss(output[:, num_joints:], joints.to(device), visible.to(device))
+        heatmap_loss = F.mse_loss(output[:, :num_joints], target)
+        pull, push = associative_embedding_loss(output[:, num_joints:], joints, visible)
         return {"heatmap": heatmap_loss, "pull": tag_weight * pull, "push": tag_weight * push}
 
     return step

@@ -35,8 +35,7 @@ class EMA:
     def update(self, module: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for ema_p, p in zip(self.module.parameters(), module.parameters()):
-            ema_p.lerp_(p.detach(), 1.0 - decay)
+        torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in module.parameters()], 1.0 - decay)
         for ema_b, b in zip(self.module.buffers(), module.buffers()):
             ema_b.copy_(b)
 
