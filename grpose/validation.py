@@ -87,21 +87,38 @@ def generate_subset(
 def score_subset(
     samples: Sequence[dict], images: torch.Tensor, estimator: Any, protocols: Sequence[str] = PROTOCOLS
 ) -> dict[str, dict[str, Any]]:
-    """Detect people on the generated images and score them against the samples' poses, per protocol.
-
-    The released protocol feeds floored uint8 images with swapped channels to the detector (docs/metrics.md);
-    the estimator's ``channel_order`` is switched for that call and restored.
-    """
+    """Detect people on the generated images (N, 3, H, W) in [-1, 1] and score them against the samples' poses,
+    per protocol (the protocols differ in the uint8 conversion and the detector's channel order, docs/metrics.md)."""
     gt = [np.asarray(s["pose"], dtype=np.float32) for s in samples]
     ids = [s["id"] for s in samples]
-    height, width = images.shape[2], images.shape[3]
+    return score_images({p: to_uint8(images, p) for p in protocols}, gt, ids, estimator)
+
+
+def score_images(
+    images: dict[str, np.ndarray],
+    gt_poses: Sequence[np.ndarray],
+    ids: Sequence[str],
+    estimator: Any,
+    batch_size: int = 64,
+) -> dict[str, dict[str, Any]]:
+    """Pose metrics per protocol of uint8 RGB images (N, H, W, 3) given per protocol, against ``gt_poses``.
+
+    The released protocol feeds swapped channels to the detector (docs/metrics.md); the estimator's
+    ``channel_order`` is switched for that call and restored. Real images (the lab estimator's ceiling) pass the
+    same array for both protocols. The detector sees ``batch_size`` images per call (bounded memory).
+    """
     out = {}
     original = estimator.channel_order
     try:
-        for protocol in protocols:
+        for protocol, batch in images.items():
             estimator.channel_order = "bgr" if protocol == "released" else "rgb"
-            detections = estimator(list(to_uint8(images, protocol)))
-            out[protocol] = evaluate_pose_alignment(gt, detections, height, width, protocol=protocol, image_ids=ids)
+            detections = []
+            for start in range(0, len(batch), batch_size):
+                detections += estimator(list(batch[start : start + batch_size]))
+            height, width = batch.shape[1], batch.shape[2]
+            out[protocol] = evaluate_pose_alignment(
+                list(gt_poses), detections, height, width, protocol=protocol, image_ids=list(ids)
+            )
     finally:
         estimator.channel_order = original
     return out

@@ -3,6 +3,7 @@
 python scripts/lab_pretrain.py --stage all              # everything, in order; each stage resumes if killed
 python scripts/lab_pretrain.py --stage estimator        # one stage: autoencoder | unet | estimator
 python scripts/lab_pretrain.py --stage unet --smoke     # a few steps into a scratch folder (tests)
+python scripts/lab_pretrain.py --ceiling                # the estimator's AP on the held-out real images
 
 Writes models/lab/{autoencoder,unet_text,pose_estimator}.safetensors (fp16, keys as in real checkpoints; the
 header records the config, the command and the seed). Deterministic on one machine type for the config's
@@ -30,11 +31,18 @@ STAGES = ("autoencoder", "unet", "estimator")
 
 
 def lab_arrays(config: DictConfig, split: str):
-    from grpose.lab.data import ensure_lab_dataset, load_lab_arrays
+    from grpose.lab.data import load_lab_arrays
+
+    out = ensure_lab_dataset_of(config)
+    return load_lab_arrays(out / f"mapping_file_{split}.json", out, config.dataset.crop_size)
+
+
+def ensure_lab_dataset_of(config: DictConfig) -> Path:
+    """The folder of the config's lab dataset, created on first use."""
+    from grpose.lab.data import ensure_lab_dataset
 
     spec = config.dataset
-    out = ensure_lab_dataset(spec.out, spec.num_images, spec.seed, tuple(spec.image_size), spec.val_fraction)
-    return load_lab_arrays(out / f"mapping_file_{split}.json", out, spec.crop_size)
+    return ensure_lab_dataset(spec.out, spec.num_images, spec.seed, tuple(spec.image_size), spec.val_fraction)
 
 
 def header(
@@ -184,6 +192,19 @@ def stage_estimator(config: DictConfig, base: DictConfig, argv: list[str]) -> Pa
     return export_weights(model.state_dict(), spec.out, header(config, "estimator", argv, model.stopped_at_step))
 
 
+def ceiling(config: DictConfig, eval_config: str, num_images: int | None, device: str) -> dict:
+    """The lab estimator's AP on held-out real images (docs/lab.md §3), read through the evaluation config."""
+    from grpose.lab.ceiling import estimator_ceiling
+
+    node = load_config(eval_config).pose_estimator
+    node.params.device = device
+    estimator = instantiate(node, "pose_estimator")
+    out = ensure_lab_dataset_of(config)
+    row = estimator_ceiling(estimator, out / "mapping_file_validation.json", out, config.dataset.crop_size, num_images)
+    log.info("estimator %s on %d real held-out images: AP %.3f", node.params.checkpoint, row["num_images"], row["ap"])
+    return row
+
+
 def smoke_config(config: DictConfig, out: Path) -> DictConfig:
     """A few steps of every stage on a small dataset in ``out`` (the builders' smoke test)."""
     config = config.copy()
@@ -202,12 +223,25 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/lab/pretrain.yaml")
-    p.add_argument("--stage", choices=(*STAGES, "all"), required=True)
+    p.add_argument("--stage", choices=(*STAGES, "all"), default=None, help="the stage to train")
+    p.add_argument(
+        "--ceiling",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="N",
+        help="instead of training: the estimator's AP on the first N held-out real images (all when N is omitted),"
+        " with the evaluation settings of --eval_config",
+    )
+    p.add_argument("--eval_config", default="configs/lab/eval.yaml", help="its pose_estimator node (--ceiling)")
     p.add_argument("--device", default="cpu", help="cpu (the reference build) or cuda")
     p.add_argument("--max_minutes", type=float, default=None, help="per-stage time budget (stops early, resumable)")
     p.add_argument("--smoke", default=None, metavar="DIR", help="2 steps per stage on a tiny dataset in DIR")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. unet.steps=100")
     args = p.parse_args(argv)
+    if (args.stage is None) == (args.ceiling is None):
+        p.error("give exactly one of --stage and --ceiling")
     configure_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, overrides=args.overrides)
@@ -216,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(str(err)) from err
     if args.smoke:
         config = smoke_config(config, Path(args.smoke))
+    if args.ceiling is not None:
+        print(json.dumps(ceiling(config, args.eval_config, args.ceiling or None, args.device), indent=1))
+        return 0
     config.device = args.device
     config.max_seconds = args.max_minutes * 60 if args.max_minutes else None
     if args.device.startswith("cuda"):

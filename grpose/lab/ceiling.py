@@ -1,0 +1,26 @@
+"""The lab estimator's ceiling: its pose AP on held-out *real* lab images (docs/lab.md §3).
+
+Every lab result (generated images scored by the same estimator) sits under this number: a generated figure can
+at best be detected as well as a drawn one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from grpose.lab.data import load_lab_arrays
+from grpose.validation import PROTOCOLS, score_images, summary_row
+
+
+def estimator_ceiling(
+    estimator: Any, mapping_file: str | Path, base_dir: str | Path, crop_size: int, num_images: int | None = None
+) -> dict[str, float]:
+    """AP, AP50, CAP, PCE (both protocols, ``summary_row`` columns) of ``estimator`` on the first ``num_images``
+    images of a lab split (all when None), centre-cropped to ``crop_size`` as the lab trains and evaluates."""
+    arrays = load_lab_arrays(mapping_file, base_dir, crop_size)
+    n = len(arrays) if num_images is None else min(num_images, len(arrays))
+    metrics = score_images(
+        {protocol: arrays.images[:n] for protocol in PROTOCOLS}, list(arrays.poses[:n]), arrays.ids[:n], estimator
+    )
+    return {**summary_row(metrics), "num_images": n}
