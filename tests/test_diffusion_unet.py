@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpose.diffusion.unet import UNetModel, build_input_blocks
+from grpose.diffusion.unet import UNetModel, UNetSpec, build_input_blocks
 
 TINY = dict(
     in_channels=4,
@@ -178,9 +178,16 @@ def test_build_input_blocks_resblock_factory():
             return torch.nn.Conv2d(in_ch, out_ch, 1)
         return None
 
-    blocks, channels, ch, ds = build_input_blocks(
-        4, 32, 2, (4, 2, 1), (1, 2, 2, 2), num_heads=2, context_dim=32, resblock_factory=factory
+    spec = UNetSpec(
+        in_channels=4,
+        model_channels=32,
+        num_res_blocks=2,
+        attention_resolutions=(4, 2, 1),
+        channel_mult=(1, 2, 2, 2),
+        num_heads=2,
+        context_dim=32,
     )
+    blocks, channels, ch, ds = build_input_blocks(spec, resblock_factory=factory)
     assert len(blocks) == 12 and len(channels) == 12
     assert [r[0] for r in replaced] == [1, 4, 7, 10]
     assert replaced[1] == (4, 1, 32, 64)

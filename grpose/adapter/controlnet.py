@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from grpose.diffusion.blocks import TimestepEmbedSequential, timestep_embedding, zero_module
-from grpose.diffusion.unet import ResBlockFactory, build_input_blocks, build_middle_block, build_time_embed
+from grpose.diffusion.unet import (
+    ResBlockFactory,
+    UNetSpec,
+    build_input_blocks,
+    build_middle_block,
+    build_time_embed,
+)
 
 
 def zero_conv1x1(channels: int) -> nn.Sequential:
@@ -42,27 +48,24 @@ class ControlEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.model_channels = model_channels
-        common = dict(
+        self.spec = spec = UNetSpec(
+            in_channels=in_channels,
+            model_channels=model_channels,
+            num_res_blocks=num_res_blocks,
+            attention_resolutions=tuple(attention_resolutions),
+            channel_mult=tuple(channel_mult),
+            num_heads=num_heads,
+            num_head_channels=num_head_channels,
+            context_dim=context_dim,
             transformer_depth=transformer_depth,
             dropout=dropout,
             use_checkpoint=use_checkpoint,
             use_linear_in_transformer=use_linear_in_transformer,
-            num_head_channels=num_head_channels,
         )
         self.time_embed = build_time_embed(model_channels)
-        self.input_blocks, channels, ch, _ = build_input_blocks(
-            in_channels,
-            model_channels,
-            num_res_blocks,
-            tuple(attention_resolutions),
-            channel_mult,
-            num_heads,
-            context_dim,
-            resblock_factory=resblock_factory,
-            **common,
-        )
+        self.input_blocks, channels, ch, _ = build_input_blocks(spec, resblock_factory=resblock_factory)
         self.zero_convs = nn.ModuleList(zero_conv1x1(c) for c in channels)
-        self.middle_block = build_middle_block(ch, model_channels, num_heads, context_dim, **common)
+        self.middle_block = build_middle_block(spec, ch)
         self.middle_block_out = zero_conv1x1(ch)
 
     @staticmethod
@@ -107,18 +110,18 @@ class ControlNet(ControlEncoder):
         use_linear_in_transformer: bool = False,
     ) -> None:
         super().__init__(
-            in_channels,
-            model_channels,
-            num_res_blocks,
-            attention_resolutions,
-            channel_mult,
-            num_heads,
-            num_head_channels,
-            context_dim,
-            transformer_depth,
-            dropout,
-            use_checkpoint,
-            use_linear_in_transformer,
+            in_channels=in_channels,
+            model_channels=model_channels,
+            num_res_blocks=num_res_blocks,
+            attention_resolutions=attention_resolutions,
+            channel_mult=channel_mult,
+            num_heads=num_heads,
+            num_head_channels=num_head_channels,
+            context_dim=context_dim,
+            transformer_depth=transformer_depth,
+            dropout=dropout,
+            use_checkpoint=use_checkpoint,
+            use_linear_in_transformer=use_linear_in_transformer,
         )
         widths = (16, 16, 32, 32, 96, 96, 256)
         strides = (1, 1, 2, 1, 2, 1, 2)

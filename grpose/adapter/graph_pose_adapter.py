@@ -11,15 +11,7 @@ from grpose.adapter.controlnet import ControlEncoder
 from grpose.adapter.pgi import PGI
 from grpose.adapter.pose_encoder import PoseEncoder
 from grpose.diffusion.blocks import apply_layer
-
-
-def first_resblock_indices(num_res_blocks: int, num_levels: int) -> dict[int, int]:
-    """{input block index: level} of the first ResBlock of every level (block 0 is the input conv)."""
-    out, index = {}, 1
-    for level in range(num_levels):
-        out[index] = level
-        index += num_res_blocks + (level != num_levels - 1)  # ResBlocks, then a Downsample except at the end
-    return out
+from grpose.diffusion.unet import UNetSpec
 
 
 def run_block(
@@ -68,7 +60,8 @@ class GraphPoseAdapter(ControlEncoder):
         knn_chunk_size: int | None = None,
         knn_backend: str = "torch",
     ) -> None:
-        candidates = first_resblock_indices(num_res_blocks, len(channel_mult))
+        layout = UNetSpec(num_res_blocks=num_res_blocks, channel_mult=tuple(channel_mult))
+        candidates = layout.first_resblock_of_level()
         inject_layers = [int(i) for i in inject_layers]
         bad = [i for i in inject_layers if i not in candidates]
         if bad or len(set(inject_layers)) != len(inject_layers):
@@ -83,15 +76,14 @@ class GraphPoseAdapter(ControlEncoder):
                 f"({len(channel_mult)} levels for channel_mult={list(channel_mult)})"
             )
         level_of_block = {i: candidates[i] for i in sorted(inject_layers)}
-        time_embed_dim = model_channels * 4
 
         def make_pgi(block_index: int, level: int, nr: int, in_ch: int, out_ch: int) -> nn.Module | None:
             if block_index not in level_of_block:
                 return None
             return PGI(
-                in_ch,
-                time_embed_dim,
-                inject_channels[level],
+                channels=in_ch,
+                emb_channels=model_channels * 4,
+                cond_channels=inject_channels[level],
                 out_channels=out_ch,
                 dropout=dropout,
                 use_checkpoint=use_checkpoint,
@@ -103,18 +95,18 @@ class GraphPoseAdapter(ControlEncoder):
             )
 
         super().__init__(
-            in_channels,
-            model_channels,
-            num_res_blocks,
-            attention_resolutions,
-            channel_mult,
-            num_heads,
-            num_head_channels,
-            context_dim,
-            transformer_depth,
-            dropout,
-            use_checkpoint,
-            use_linear_in_transformer,
+            in_channels=in_channels,
+            model_channels=model_channels,
+            num_res_blocks=num_res_blocks,
+            attention_resolutions=attention_resolutions,
+            channel_mult=channel_mult,
+            num_heads=num_heads,
+            num_head_channels=num_head_channels,
+            context_dim=context_dim,
+            transformer_depth=transformer_depth,
+            dropout=dropout,
+            use_checkpoint=use_checkpoint,
+            use_linear_in_transformer=use_linear_in_transformer,
             resblock_factory=make_pgi,
         )
         self.inject_layers = sorted(inject_layers)

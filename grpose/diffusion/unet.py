@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,110 +37,119 @@ def build_time_embed(model_channels: int) -> nn.Sequential:
     )
 
 
-def _transformer(
-    ch: int,
-    num_heads: int,
-    num_head_channels: int,
-    context_dim: int | None,
-    transformer_depth: int,
-    dropout: float,
-    use_linear_in_transformer: bool,
-    use_checkpoint: bool,
-) -> SpatialTransformer:
-    heads, head_dim = _heads(ch, num_heads, num_head_channels)
-    return SpatialTransformer(
-        ch,
-        heads,
-        head_dim,
-        depth=transformer_depth,
-        context_dim=context_dim,
-        dropout=dropout,
-        use_linear=use_linear_in_transformer,
-        use_checkpoint=use_checkpoint,
-    )
+@dataclass(frozen=True)
+class InputSlot:
+    """One block of the UNet encoder: ``kind`` is "conv_in", "res" (the ``nr``-th ResBlock of ``level``, with a
+    SpatialTransformer when ``attention``) or "down"; ``ds`` is the downsampling factor of its output."""
+
+    index: int
+    kind: str
+    level: int
+    nr: int
+    in_channels: int
+    out_channels: int
+    ds: int
+    attention: bool
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    """The SD UNet hyperparameters that the UNet, the ControlNet encoder copy and the Graph Pose Adapter share
+    (ldm ``UNetModel`` names). Its builders make the layers with them, so every part agrees by construction."""
+
+    in_channels: int = 4
+    model_channels: int = 320
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (4, 2, 1)
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_heads: int = 8
+    num_head_channels: int = -1
+    context_dim: int | None = 768
+    transformer_depth: int = 1
+    dropout: float = 0.0
+    use_checkpoint: bool = False
+    use_linear_in_transformer: bool = False
+
+    def __post_init__(self) -> None:  # config lists -> tuples, so a spec is hashable and compares by value
+        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+
+    @property
+    def time_embed_dim(self) -> int:
+        return self.model_channels * 4
+
+    def transformer(self, channels: int) -> SpatialTransformer:
+        heads, head_dim = _heads(channels, self.num_heads, self.num_head_channels)
+        return SpatialTransformer(
+            channels,
+            heads,
+            head_dim,
+            depth=self.transformer_depth,
+            context_dim=self.context_dim,
+            dropout=self.dropout,
+            use_linear=self.use_linear_in_transformer,
+            use_checkpoint=self.use_checkpoint,
+        )
+
+    def resblock(self, channels: int, out_channels: int | None = None) -> ResBlock:
+        return ResBlock(
+            channels,
+            self.time_embed_dim,
+            self.dropout,
+            out_channels=out_channels,
+            use_checkpoint=self.use_checkpoint,
+        )
+
+    def input_layout(self) -> list[InputSlot]:
+        """The encoder's blocks in order: the input conv, then per level ``num_res_blocks`` ResBlocks and a
+        Downsample (except after the last level). The one place the input-block layout is derived."""
+        slots = [InputSlot(0, "conv_in", 0, -1, self.in_channels, self.model_channels, 1, False)]
+        ch, ds = self.model_channels, 1
+        for level, mult in enumerate(self.channel_mult):
+            for nr in range(self.num_res_blocks):
+                out_ch = mult * self.model_channels
+                attention = ds in self.attention_resolutions
+                slots.append(InputSlot(len(slots), "res", level, nr, ch, out_ch, ds, attention))
+                ch = out_ch
+            if level != len(self.channel_mult) - 1:
+                ds *= 2
+                slots.append(InputSlot(len(slots), "down", level, -1, ch, ch, ds, False))
+        return slots
+
+    def first_resblock_of_level(self) -> dict[int, int]:
+        """{input block index: level} of the first ResBlock of every level (the PGI positions, docs/design.md §6)."""
+        return {s.index: s.level for s in self.input_layout() if s.kind == "res" and s.nr == 0}
 
 
 def build_input_blocks(
-    in_channels: int,
-    model_channels: int,
-    num_res_blocks: int,
-    attention_resolutions: Sequence[int],
-    channel_mult: Sequence[int],
-    num_heads: int,
-    context_dim: int | None,
-    transformer_depth: int = 1,
-    dropout: float = 0.0,
-    use_checkpoint: bool = False,
-    use_linear_in_transformer: bool = False,
-    num_head_channels: int = -1,
-    resblock_factory: ResBlockFactory | None = None,
+    spec: UNetSpec, resblock_factory: ResBlockFactory | None = None
 ) -> tuple[nn.ModuleList, list[int], int, int]:
     """Build the UNet encoder's ``input_blocks`` and return (input_blocks, input_block_channels, ch, ds).
 
     ``resblock_factory(block_index, level, nr, in_ch, out_ch)`` may return a module that replaces the ResBlock at
     input block ``block_index`` (level ``level``, ``nr``-th ResBlock of the level); None keeps the default ResBlock.
     """
-    time_embed_dim = model_channels * 4
-    blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
-    channels = [model_channels]
-    ch, ds = model_channels, 1
-    for level, mult in enumerate(channel_mult):
-        for nr in range(num_res_blocks):
-            out_ch = mult * model_channels
-            block = resblock_factory(len(blocks), level, nr, ch, out_ch) if resblock_factory else None
-            if block is None:
-                block = ResBlock(ch, time_embed_dim, dropout, out_channels=out_ch, use_checkpoint=use_checkpoint)
-            layers: list[nn.Module] = [block]
-            ch = out_ch
-            if ds in attention_resolutions:
-                layers.append(
-                    _transformer(
-                        ch,
-                        num_heads,
-                        num_head_channels,
-                        context_dim,
-                        transformer_depth,
-                        dropout,
-                        use_linear_in_transformer,
-                        use_checkpoint,
-                    )
-                )
-            blocks.append(TimestepEmbedSequential(*layers))
-            channels.append(ch)
-        if level != len(channel_mult) - 1:
-            blocks.append(TimestepEmbedSequential(Downsample(ch, out_channels=ch)))
-            channels.append(ch)
-            ds *= 2
-    return blocks, channels, ch, ds
+    blocks = nn.ModuleList()
+    for slot in spec.input_layout():
+        if slot.kind == "conv_in":
+            layers: list[nn.Module] = [nn.Conv2d(slot.in_channels, slot.out_channels, 3, padding=1)]
+        elif slot.kind == "down":
+            layers = [Downsample(slot.in_channels, out_channels=slot.out_channels)]
+        else:
+            block = None
+            if resblock_factory is not None:
+                block = resblock_factory(slot.index, slot.level, slot.nr, slot.in_channels, slot.out_channels)
+            layers = [block if block is not None else spec.resblock(slot.in_channels, slot.out_channels)]
+            if slot.attention:
+                layers.append(spec.transformer(slot.out_channels))
+        blocks.append(TimestepEmbedSequential(*layers))
+    last = spec.input_layout()[-1]
+    return blocks, [s.out_channels for s in spec.input_layout()], last.out_channels, last.ds
 
 
-def build_middle_block(
-    ch: int,
-    model_channels: int,
-    num_heads: int,
-    context_dim: int | None,
-    transformer_depth: int = 1,
-    dropout: float = 0.0,
-    use_checkpoint: bool = False,
-    use_linear_in_transformer: bool = False,
-    num_head_channels: int = -1,
-) -> TimestepEmbedSequential:
+def build_middle_block(spec: UNetSpec, channels: int) -> TimestepEmbedSequential:
     """ResBlock, SpatialTransformer, ResBlock at the lowest resolution; keys ``middle_block.{0,1,2}``."""
-    time_embed_dim = model_channels * 4
-    return TimestepEmbedSequential(
-        ResBlock(ch, time_embed_dim, dropout, use_checkpoint=use_checkpoint),
-        _transformer(
-            ch,
-            num_heads,
-            num_head_channels,
-            context_dim,
-            transformer_depth,
-            dropout,
-            use_linear_in_transformer,
-            use_checkpoint,
-        ),
-        ResBlock(ch, time_embed_dim, dropout, use_checkpoint=use_checkpoint),
-    )
+    return TimestepEmbedSequential(spec.resblock(channels), spec.transformer(channels), spec.resblock(channels))
 
 
 def _maybe_zero(module: nn.Module, zero: bool) -> nn.Module:
@@ -178,57 +188,34 @@ class UNetModel(nn.Module):
         self.in_channels = in_channels
         self.model_channels = model_channels
         self.out_channels = out_channels
-        attention_resolutions = tuple(attention_resolutions)
-        common = dict(
+        self.spec = spec = UNetSpec(
+            in_channels=in_channels,
+            model_channels=model_channels,
+            num_res_blocks=num_res_blocks,
+            attention_resolutions=tuple(attention_resolutions),
+            channel_mult=tuple(channel_mult),
+            num_heads=num_heads,
+            num_head_channels=num_head_channels,
+            context_dim=context_dim,
             transformer_depth=transformer_depth,
             dropout=dropout,
             use_checkpoint=use_checkpoint,
             use_linear_in_transformer=use_linear_in_transformer,
-            num_head_channels=num_head_channels,
         )
         self.time_embed = build_time_embed(model_channels)
-        self.input_blocks, input_block_channels, ch, ds = build_input_blocks(
-            in_channels,
-            model_channels,
-            num_res_blocks,
-            attention_resolutions,
-            channel_mult,
-            num_heads,
-            context_dim,
-            **common,
-        )
-        self.middle_block = build_middle_block(ch, model_channels, num_heads, context_dim, **common)
+        self.input_blocks, input_block_channels, ch, ds = build_input_blocks(spec)
+        self.middle_block = build_middle_block(spec, ch)
         self.num_residuals = len(self.input_blocks) + 1
 
-        time_embed_dim = model_channels * 4
         skip_channels = list(input_block_channels)
         self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(channel_mult))):
+        for level, mult in reversed(list(enumerate(spec.channel_mult))):
             for i in range(num_res_blocks + 1):
                 out_ch = model_channels * mult
-                layers: list[nn.Module] = [
-                    ResBlock(
-                        ch + skip_channels.pop(),
-                        time_embed_dim,
-                        dropout,
-                        out_channels=out_ch,
-                        use_checkpoint=use_checkpoint,
-                    )
-                ]
+                layers: list[nn.Module] = [spec.resblock(ch + skip_channels.pop(), out_ch)]
                 ch = out_ch
-                if ds in attention_resolutions:
-                    layers.append(
-                        _transformer(
-                            ch,
-                            num_heads,
-                            num_head_channels,
-                            context_dim,
-                            transformer_depth,
-                            dropout,
-                            use_linear_in_transformer,
-                            use_checkpoint,
-                        )
-                    )
+                if ds in spec.attention_resolutions:
+                    layers.append(spec.transformer(ch))
                 if level and i == num_res_blocks:
                     layers.append(Upsample(ch, out_channels=ch))
                     ds //= 2
