@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from grpose.checkpoint import read_checkpoint
@@ -151,43 +152,57 @@ class ResumeState(pl.Callback):
         _set_rng_states(states)
 
 
-class LastCheckpoint(pl.Callback):
-    """Keeps ``last.ckpt`` current: every ``every_n_steps`` steps, at the last step, and on Ctrl-C.
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` keeping one file, ``last.ckpt``: every ``every_n_steps`` steps
+    (``every_n_train_steps``), on an exception such as Ctrl-C (``save_on_exception``), and at the end of training.
 
-    Written through ``trainer.save_checkpoint`` (rank 0 writes, all ranks take part), so it holds everything
-    ``--resume`` needs: weights, optimizer, loop progress and (with ResumeState) the RNG states.
+    The one addition: Lightning 2.6 writes the final ``last.ckpt`` at the end of training only when nothing was
+    saved before (and then after the loop, with the RNG states advanced past the last batch), so a run of 600
+    steps saving every 500 would end with a step-500 file; here the last step (``max_steps`` or the last epoch) is
+    saved right after its batch, so ``--resume`` continues exactly where the run stopped. Written through
+    ``trainer.save_checkpoint`` (rank 0 writes), it holds weights, optimizer, loop progress and (with ResumeState)
+    the RNG states.
     """
 
     def __init__(self, dirpath: str, every_n_steps: int = 500):
-        self.dirpath = dirpath
-        self.every_n_steps = every_n_steps
-        self._saved_step = -1
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            every_n_train_steps=every_n_steps if every_n_steps > 0 else None,
+            save_top_k=0,  # no other file: only the "last" one below
+            save_last=True,
+            save_on_exception=True,
+            enable_version_counter=False,
+        )
 
     @property
     def path(self) -> str:
         return os.path.join(self.dirpath, "last.ckpt")
 
-    def _save(self, trainer: pl.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
-        self._saved_step = trainer.global_step
+    def _save_final(self, trainer: pl.Trainer) -> None:
+        if self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_global_step_saved = trainer.global_step
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        at_end = 0 < trainer.max_steps <= step
-        if step != self._saved_step and (at_end or (self.every_n_steps > 0 and step % self.every_n_steps == 0)):
-            self._save(trainer)
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if 0 < trainer.max_steps <= trainer.global_step:  # the last step, saved right after its batch (exact resume)
+            self._save_final(trainer)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0 and trainer.global_step != self._saved_step:
-            self._save(trainer)
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0:
+            self._save_final(trainer)
 
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, KeyboardInterrupt):
-            return
-        self._save(trainer)
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
         if trainer.is_global_zero:
             log.warning(
-                "interrupted at step %d: wrote %s (resume with --resume %s)", trainer.global_step, self.path, self.path
+                "%s at step %d: wrote %s (resume with --resume %s)",
+                type(exception).__name__,
+                trainer.global_step,
+                self.path,
+                self.path,
             )
 
 
