@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default=None, help="checkpoint to evaluate (train.py output or the released file)")
     add_trust_argument(p)  # --trust_checkpoint (every weight file; see grpose/trust.py)
     p.add_argument(
+        "--use_ema",
+        action="store_true",
+        help="evaluate the checkpoint's moving average of the trained weights (trained with model.params.ema_decay)",
+    )
+    p.add_argument(
         "--images_dir",
         default=None,
         help="score existing generated images instead of sampling: <dir>/<scene>/<name>.{jpg,png}, plain images or "
@@ -166,7 +171,9 @@ def check_checkpoint_fits(args: argparse.Namespace, config: DictConfig) -> None:
     with torch.device("meta"):
         model = instantiate(config.model, "model")
     try:
-        state_dict = read_state_dict(args.ckpt, config_key="--ckpt", what="a GRPose/ControlNet checkpoint")
+        what = "a GRPose/ControlNet checkpoint"
+        use_ema = getattr(args, "use_ema", False)
+        state_dict = read_state_dict(args.ckpt, config_key="--ckpt", what=what, use_ema=use_ema)
         load_into(model, state_dict, strict=True, ignore=("mmpose_model.",), source=args.ckpt)
     except CheckpointError as err:
         raise SystemExit(f"--ckpt does not fit the model config {args.config_model}: {err}") from err
@@ -178,7 +185,8 @@ def load_model(args: argparse.Namespace, config: DictConfig, device):
 
     model = instantiate(config.model, "model")
     try:
-        report = load_into(model, read_state_dict(args.ckpt), strict=True, ignore=("mmpose_model.",), source=args.ckpt)
+        state_dict = read_state_dict(args.ckpt, use_ema=getattr(args, "use_ema", False))
+        report = load_into(model, state_dict, strict=True, ignore=("mmpose_model.",), source=args.ckpt)
         log.info("loaded %s: %s", args.ckpt, report.summary())
         if args.base_model:
             swap_base_model(model, args.base_model)

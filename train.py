@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log_frequency", type=int, default=None, help="image-grid interval in steps")
     p.add_argument("--scale_lr", type=str2bool, default=False, help="lr *= devices*nodes*batch*accumulation")
     p.add_argument("--sd_locked", type=str2bool, default=None, help="false: also train the UNet decoder")
+    p.add_argument(
+        "--use_ema",
+        action="store_true",
+        help="image grids and the final evaluation use the moving average (needs model.params.ema_decay)",
+    )
     p.add_argument("--name", default=None, help="run name (default: the last config file's name)")
     p.add_argument("--outdir", default="experiments", help="root of run directories")
     add_trust_argument(p)
@@ -244,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         datamodule = instantiate(config.data, "data", recursive=False)  # datasets are built lazily by the DataModule
     except ConfigError as err:
         raise SystemExit(str(err)) from err
+    if args.use_ema:
+        if not getattr(model, "ema_decay", None):
+            raise SystemExit("--use_ema needs a moving average: set model.params.ema_decay (e.g. 0.9999)")
+        model.sample_with_ema = True
     if config.get("base_weights") and not args.control_ckpt and not args.resume:
         load_base_weights(model, list(config.base_weights))
     if args.control_ckpt and not args.resume:

@@ -107,10 +107,13 @@ def read_state_dict(
     what: str | None = None,
     map_location: str = "cpu",
     trust: bool | None = None,
+    use_ema: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.ckpt``/``.pth``/``.pt``/``.bin`` (torch) or ``.safetensors``.
 
     A ``state_dict`` entry (Lightning, mmcv) is unwrapped, and so is a leading ``module.`` (DDP) prefix.
+    ``use_ema``: the trained weights are replaced by the checkpoint's moving average (``ema`` entry, written when
+    training with ``model.params.ema_decay``; docs/design.md §7); a file without one is an error.
     ``config_key`` and ``what`` only improve the error message when the file is missing. Torch files are read by
     ``load_torch_file`` (no code from the file runs unless ``trust`` / ``TRUST_ENV``); metadata next to the
     state dict may hold unknown classes, the state dict itself may not.
@@ -132,8 +135,19 @@ def read_state_dict(
         raise
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError, ValueError) as err:
         raise CheckpointError(f"could not read checkpoint {path} (truncated or corrupt?): {err}") from err
+    ema = obj.get("ema") if isinstance(obj, Mapping) else None
+    if use_ema and not (isinstance(ema, Mapping) and isinstance(ema.get("shadow"), Mapping)):
+        raise CheckpointError(
+            f"{path} holds no moving average of its weights (no 'ema' entry): it was trained without "
+            "model.params.ema_decay; evaluate it without --use_ema"
+        )
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
+    if use_ema:
+        unknown = sorted(set(ema["shadow"]) - set(obj))
+        if unknown:
+            raise CheckpointError(f"{path}: its 'ema' entry has keys its state dict lacks, e.g. {unknown[:3]}")
+        obj = {**obj, **ema["shadow"]}
     if not trust_checkpoints(trust):
         _refuse_unloaded(obj, path, "the state dict")
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -20,6 +20,7 @@ from torch import nn
 
 from grpose.diffusion.ddim import ddim_sample
 from grpose.diffusion.schedule import make_beta_schedule, predict_x0_from_eps, q_sample, schedule_buffers
+from grpose.ema import ExponentialMovingAverage
 from grpose.pose.masks import pose_masks
 from grpose.speed import GraphedDenoiser, compile_blocks, parse_dtype
 
@@ -86,12 +87,16 @@ class GRPoseModel(pl.LightningModule):
         compile_blocks: bool | str = False,
         sample_cache_pose: bool = False,
         sample_cuda_graph: bool = False,
+        ema_decay: float | None = None,
     ) -> None:
         """Speed switches (README "Benchmarks"; each off = the plain path, see ``configure_speed``): ``frozen_dtype``
         stores the frozen parts in that dtype ("bf16", "fp16"; None keeps fp32 and lets autocast cast per op),
         ``channels_last`` puts UNet, adapter and VAE in NHWC, ``compile_blocks`` torch.compiles the repeated blocks
         (True or a torch.compile mode), ``sample_cache_pose`` computes the pose-only part of the adapter once per
         sample() call and ``sample_cuda_graph`` replays each DDIM step as one captured CUDA graph.
+
+        ``ema_decay``: keep an exponential moving average of the trainable weights (docs/design.md §7; None = off,
+        as released), stored in checkpoints; ``sample_with_ema = True`` makes ``sample`` use it.
         """
         super().__init__()
         # The scalar arguments go to checkpoints and loggers; the parts are modules built from the config, which
@@ -126,6 +131,9 @@ class GRPoseModel(pl.LightningModule):
         self.guidance_scale = guidance_scale
         self.negative_prompt = negative_prompt
         self.num_skipped_batches = 0
+        self.ema_decay = ema_decay
+        self.ema: ExponentialMovingAverage | None = None  # created at fit start or from a checkpoint
+        self.sample_with_ema = False
         self._negative_cache: dict[tuple, torch.Tensor] = {}
         self._freeze()
         self.frozen_dtype = self.channels_last = self.compile_blocks = None
@@ -392,6 +400,8 @@ class GRPoseModel(pl.LightningModule):
         return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay, fused=fused)
 
     def on_fit_start(self) -> None:
+        if self._ensure_ema() is not None:  # after a resume it holds the checkpoint's average already
+            self.ema.to(self.device)
         if self.compile_blocks:
             log.warning(
                 "compile_blocks is on for training: on an H200 it was slower than eager and the adapter gradient "
@@ -408,9 +418,46 @@ class GRPoseModel(pl.LightningModule):
         if skipped:
             self.log("train/skipped_entries", float(skipped), rank_zero_only=True)
 
+    # ------------------------------------------------------------------ moving average (docs/design.md §7)
+    def _ema_modules(self) -> dict[str, nn.Module]:
+        """The trainable modules under their state-dict prefixes (the keys of the average)."""
+        modules = {"control_model.": self.control_model}
+        if not self.sd_locked:
+            modules.update({"model.diffusion_model.output_blocks.": self.unet.output_blocks})
+            modules.update({"model.diffusion_model.out.": self.unet.out})
+        return modules
+
+    def _ensure_ema(self) -> ExponentialMovingAverage | None:
+        if self.ema_decay and self.ema is None:
+            self.ema = ExponentialMovingAverage(self._ema_modules(), self.ema_decay)
+        return self.ema
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's step, then one update of the average: once per optimizer step (not per accumulated
+        micro-batch), and before the step's checkpoint callbacks run, so ``last.ckpt`` holds an exact average."""
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume the average exactly; a checkpoint without one (or ``ema_decay`` unset) starts none."""
+        if self.ema_decay and "ema" in checkpoint:
+            self._ensure_ema().load_state_dict(checkpoint["ema"])
+
     # ------------------------------------------------------------------ sampling
+    def sample(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``_sample`` (DDIM + CFG), with the moving average swapped in when ``sample_with_ema`` is set."""
+        if self.sample_with_ema and self.ema is not None:
+            with self.ema.applied():
+                return self._sample(*args, **kwargs)
+        return self._sample(*args, **kwargs)
+
     @torch.no_grad()
-    def sample(
+    def _sample(
         self,
         hint: torch.Tensor,
         prompts: Sequence[str],

@@ -7,7 +7,6 @@ is saved every ``save_every`` steps, so a killed run resumes to the same weights
 
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import time
@@ -17,34 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from grpose.ema import ExponentialMovingAverage
+
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[int, torch.Generator], dict[str, torch.Tensor]]
-
-
-class EMA:
-    """Exponential moving average of a module's parameters with the usual warm-up: decay_t = min(decay,
-    (1 + t) / (10 + t)) at update t, so early averages are not dominated by the random initialisation."""
-
-    def __init__(self, module: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.module = copy.deepcopy(module).requires_grad_(False)
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in module.parameters()], 1.0 - decay)
-        for ema_b, b in zip(self.module.buffers(), module.buffers()):
-            ema_b.copy_(b)
-
-    def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["module"])
-        self.updates = int(state["updates"])
 
 
 def lr_at(step: int, learning_rate: float, warmup_steps: int, total_steps: int) -> float:
@@ -75,16 +51,16 @@ def run_loop(
 ) -> nn.Module:
     """Train ``module`` for ``steps`` AdamW steps of ``step_fn(step, generator) -> {loss terms}`` (summed).
 
-    Resumes from ``work_dir/state.pt`` when present; logs to ``work_dir/log.csv``. Returns the trained module, or
-    its EMA copy when ``ema_decay`` is set. ``max_seconds`` stops early (state saved; rerun to continue) and sets
-    ``module.stopped_at_step``.
+    Resumes from ``work_dir/state.pt`` when present; logs to ``work_dir/log.csv``. Returns the trained module, holding
+    the EMA weights when ``ema_decay`` is set. ``max_seconds`` stops early (state saved; rerun to continue) and
+    sets ``module.stopped_at_step``.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     state_path = work_dir / "state.pt"
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    ema = EMA(module, ema_decay) if ema_decay else None
+    ema = ExponentialMovingAverage({"": module}, ema_decay) if ema_decay else None
     generator = torch.Generator().manual_seed(seed)
     start = 0
     if state_path.is_file():
@@ -133,7 +109,7 @@ def run_loop(
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         if ema is not None:
-            ema.update(module)
+            ema.update()
         for key, value in terms.items():
             running[key] = running.get(key, 0.0) + float(value.detach())
         if (step + 1) % log_every == 0 or step + 1 == steps:
@@ -153,6 +129,7 @@ def run_loop(
             running, tic = {}, time.perf_counter()
         if (step + 1) % save_every == 0 or step + 1 == steps:
             save(step + 1)
-    result = ema.module if ema is not None else module
-    result.stopped_at_step = final
-    return result
+    if ema is not None:  # the exported weights are the average (the optimizer state stays in state.pt)
+        module.load_state_dict(ema.shadow)
+    module.stopped_at_step = final
+    return module
