@@ -167,7 +167,12 @@ def check_checkpoint_fits(args: argparse.Namespace, config: DictConfig) -> None:
     import torch
 
     from grpose.checkpoint import CheckpointError, load_into, read_state_dict
+    from grpose.export import read_export_metadata
 
+    if read_export_metadata(args.ckpt) is not None:  # trained weights only: checked when joined with the base
+        if not args.base_model:
+            raise SystemExit(f"--ckpt {args.ckpt} holds only trained weights: give their base as --base_model")
+        return
     with torch.device("meta"):
         model = instantiate(config.model, "model")
     try:
@@ -182,14 +187,19 @@ def check_checkpoint_fits(args: argparse.Namespace, config: DictConfig) -> None:
 def load_model(args: argparse.Namespace, config: DictConfig, device):
     """Build the model from its config, load --ckpt strictly (mmpose_model.* ignored), optionally swap SD weights."""
     from grpose.checkpoint import CheckpointError, load_into, read_state_dict
+    from grpose.export import load_trained_weights_with_base, read_export_metadata
 
     model = instantiate(config.model, "model")
     try:
-        state_dict = read_state_dict(args.ckpt, use_ema=getattr(args, "use_ema", False))
-        report = load_into(model, state_dict, strict=True, ignore=("mmpose_model.",), source=args.ckpt)
-        log.info("loaded %s: %s", args.ckpt, report.summary())
-        if args.base_model:
-            swap_base_model(model, args.base_model)
+        if read_export_metadata(args.ckpt) is not None:  # scripts/export_adapter.py output: joined with its base
+            summary = load_trained_weights_with_base(model, args.ckpt, args.base_model)
+            log.info("loaded %s with base %s: %s", args.ckpt, args.base_model, summary)
+        else:
+            state_dict = read_state_dict(args.ckpt, use_ema=getattr(args, "use_ema", False))
+            report = load_into(model, state_dict, strict=True, ignore=("mmpose_model.",), source=args.ckpt)
+            log.info("loaded %s: %s", args.ckpt, report.summary())
+            if args.base_model:
+                swap_base_model(model, args.base_model)
     except CheckpointError as err:
         raise SystemExit(f"--ckpt/--base_model does not fit the model config {args.config_model}: {err}") from err
     if getattr(args, "fast", False):

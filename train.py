@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", nargs="+", required=True, help="YAML file(s); later files override earlier ones")
     p.add_argument("--control_ckpt", default=None, help="initial weights (prepare_weights.py output), loaded strictly")
+    p.add_argument(
+        "--base_model",
+        default=None,
+        help="the SD1.5-layout base an exported --control_ckpt (scripts/export_adapter.py) is joined with",
+    )
     p.add_argument("-r", "--resume", default=None, help="a last.ckpt (or any checkpoint of this run) to resume")
     p.add_argument("-s", "--seed", type=int, default=None, help="global seed (default: trainer.seed of the config)")
     p.add_argument("--max_epochs", type=int, default=None)
@@ -136,15 +141,23 @@ def ensure_synthetic_data(config: DictConfig) -> None:
     make_synthetic_dataset(out, spec.num, seed=spec.get("seed", 0), **extra)
 
 
-def load_control_ckpt(model, path: str) -> None:
+def load_control_ckpt(model, path: str, base_model: str | None = None) -> None:
+    """Initial weights: a whole checkpoint (strictly), or an exported trained-weights file joined with
+    ``base_model`` (scripts/export_adapter.py, docs/checkpoints.md §4)."""
     from grpose.checkpoint import CheckpointError, load_into, read_state_dict
+    from grpose.export import load_trained_weights_with_base, read_export_metadata
 
     try:
-        state_dict = read_state_dict(path, config_key="--control_ckpt", what="initial GRPose weights")
-        report = load_into(model, state_dict, strict=True, ignore=("mmpose_model.",), source=path)
+        if read_export_metadata(path) is not None:
+            summary = load_trained_weights_with_base(model, path, base_model)
+        else:
+            if base_model:
+                raise CheckpointError("--base_model goes with an exported trained-weights file (export_adapter.py)")
+            state_dict = read_state_dict(path, config_key="--control_ckpt", what="initial GRPose weights")
+            summary = load_into(model, state_dict, strict=True, ignore=("mmpose_model.",), source=path).summary()
     except CheckpointError as err:
         raise SystemExit(f"--control_ckpt {path}: {err}") from err
-    log.info("loaded %s: %s", path, report.summary())
+    log.info("loaded %s: %s", path, summary)
 
 
 BASE_WEIGHTS_WHAT = (
@@ -255,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         model.sample_with_ema = True
     if config.get("base_weights") and not args.control_ckpt and not args.resume:
         load_base_weights(model, list(config.base_weights))
+    if args.base_model and not args.control_ckpt:
+        raise SystemExit("--base_model needs --control_ckpt (an exported trained-weights file to join it with)")
     if args.control_ckpt and not args.resume:
-        load_control_ckpt(model, args.control_ckpt)
+        load_control_ckpt(model, args.control_ckpt, args.base_model)
 
     ckpt_dir = run_dir / "checkpoints"
     log_frequency = args.log_frequency or trainer_cfg.get("log_frequency", 300)

@@ -419,8 +419,8 @@ class GRPoseModel(pl.LightningModule):
             self.log("train/skipped_entries", float(skipped), rank_zero_only=True)
 
     # ------------------------------------------------------------------ moving average (docs/design.md §7)
-    def _ema_modules(self) -> dict[str, nn.Module]:
-        """The trainable modules under their state-dict prefixes (the keys of the average)."""
+    def trainable_state_modules(self) -> dict[str, nn.Module]:
+        """The trainable modules under their state-dict prefixes: the keys of the average and of a slim export."""
         modules = {"control_model.": self.control_model}
         if not self.sd_locked:
             modules.update({"model.diffusion_model.output_blocks.": self.unet.output_blocks})
@@ -429,7 +429,7 @@ class GRPoseModel(pl.LightningModule):
 
     def _ensure_ema(self) -> ExponentialMovingAverage | None:
         if self.ema_decay and self.ema is None:
-            self.ema = ExponentialMovingAverage(self._ema_modules(), self.ema_decay)
+            self.ema = ExponentialMovingAverage(self.trainable_state_modules(), self.ema_decay)
         return self.ema
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
