@@ -12,38 +12,26 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchmark import _autocast, build_model, synthetic_batch  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from grpose.bench.model import autocast, build_model, synthetic_batch  # noqa: E402
+from grpose.bench.timing import sync, timed  # noqa: E402
 
 
 def profile(fn, device: torch.device, label: str, rows: int) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    times = []
-    for _ in range(3):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    times = timed(fn, device, repeats=3, warmup=0)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
         fn()
-        _sync(device)
+        sync(device)
     events = prof.key_averages()
     wall = statistics.median(times)
     print(f"\n== {label}: wall {wall * 1e3:.1f} ms per call (median of 3)")
@@ -78,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device):
+        with autocast(device):
             loss = sum(model.compute_losses(batch).values()).mean()
         loss.backward()
         optimizer.step()
 
-    profile(train_step, device, f"training step, batch {args.batch}", args.rows)
+    profile(train_step, device, f"training step, batch {args.batch}", rows=args.rows)
 
     model.eval()
     hint = batch["hint"].permute(0, 3, 1, 2)
@@ -94,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         t = torch.full((2 * args.batch,), 500, device=device, dtype=torch.long)
 
         def denoise() -> None:
-            with torch.no_grad(), _autocast(device):
+            with torch.no_grad(), autocast(device):
                 model.apply_model(x, t, context, hint.repeat(2, 1, 1, 1))
 
-        profile(denoise, device, f"one sampling step (CFG), batch {args.batch}", args.rows)
+        profile(denoise, device, f"one sampling step (CFG), batch {args.batch}", rows=args.rows)
     return 0
 
 

@@ -1,17 +1,13 @@
-"""scripts/benchmark.py --smoke: every section runs once on CPU and reports positive numbers."""
+"""python -m grpose.bench --smoke: every section runs once on CPU and reports positive numbers."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import benchmark  # noqa: E402
+from grpose.bench import runner
 
 
 def _positive(value: object) -> bool:
@@ -21,9 +17,9 @@ def _positive(value: object) -> bool:
 @pytest.mark.slow
 def test_benchmark_smoke_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = benchmark.main(["--suite", "cpu", "--smoke", "--out", str(out)])
+    result = runner.main(["--suite", "cpu", "--smoke", "--out", str(out)])
     written = json.loads(out.read_text())
-    assert set(written) >= {"machine", *benchmark.SECTIONS}
+    assert set(written) >= {"machine", *runner.SECTIONS}
     assert written["machine"]["threads"] >= 1 and written["machine"]["torch"]
     assert written["machine"]["cpu"]
     train = written["train"]["cpu"]
@@ -51,4 +47,4 @@ def test_benchmark_smoke_writes_every_section(tmp_path: Path) -> None:
 
 def test_benchmark_rejects_unknown_sections() -> None:
     with pytest.raises(SystemExit):
-        benchmark.main(["--suite", "cpu", "--sections", "train,bogus"])
+        runner.main(["--suite", "cpu", "--sections", "train,bogus"])

@@ -1,4 +1,4 @@
-"""Data CLIs: make_synthetic_dataset, check_dataset (finds exactly the broken entries), benchmark_data."""
+"""Data CLIs: make_synthetic_dataset, check_dataset (finds exactly the broken entries); the data benchmark."""
 
 import importlib.util
 import json
@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+from grpose.bench.data import benchmark_dataset, make_benchmark_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,8 +64,7 @@ def test_check_missing_mapping(tmp_path, capsys):
 
 
 def test_benchmark_function(tmp_path):
-    bench = _script("benchmark_data")
-    mapping = bench.make_benchmark_images(tmp_path, num_images=1)
-    results = bench.benchmark_dataset(mapping, tmp_path, image_size=64, num_samples=3, warmup=1)
+    mapping = make_benchmark_images(tmp_path, num_images=1)
+    results = benchmark_dataset(mapping, tmp_path, image_size=64, num_samples=3, warmup=1)
     assert results["samples_per_s"] > 0 and results["num_samples"] == 3 and results["image_size"] == 64
     assert results["source_sizes_hw"] == [[1500, 1000]]

@@ -1,4 +1,4 @@
-"""scripts/detect_poses.py and scripts/benchmark_pose.py run end to end (tiny random model, small images)."""
+"""scripts/detect_poses.py and grpose/bench/pose.py run end to end (tiny random model, small images)."""
 
 import importlib.util
 import json
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from grpose.bench.pose import benchmark_pose_estimator
 
 ROOT = Path(__file__).parent.parent
 
@@ -55,8 +57,7 @@ def test_detect_poses_writes_coco_json_overlays_and_dataset(tmp_path):
 
 
 def test_benchmark_function_reports_split_times():
-    bench = _load("benchmark_pose")
-    res = bench.benchmark_pose_estimator(
+    res = benchmark_pose_estimator(
         "cpu", 1, arch="higherhrnet_w18_small", batch_size=1, input_size=128, num_people=5, warmup=0
     )
     for key in ("network_images_per_s", "grouping_ms_per_image", "end_to_end_images_per_s", "network_s_per_image"):

@@ -1,9 +1,9 @@
 """Data-loading benchmark: PoseDataset samples/s at 512 px on Human-Art-sized JPEGs (it must keep up with training).
 
-    python scripts/benchmark_data.py                       # generates 8 textured ~1000x1500 JPEGs in a temp dir
-    python scripts/benchmark_data.py --mapping M.json --base DIR --num_samples 200 --out bench.json
+    python -m grpose.bench.data                       # generates 8 textured ~1000x1500 JPEGs in a temp dir
+    python -m grpose.bench.data --mapping M.json --base DIR --num_samples 200 --out bench.json
 
-``benchmark_dataset`` is also imported by scripts/benchmark.py.
+``benchmark_dataset`` is also the suite's ``data`` section (``data_section``).
 """
 
 from __future__ import annotations
@@ -14,19 +14,17 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from grpose.data.pose_dataset import PoseDataset, read_image  # noqa: E402
-from grpose.data.synthetic import draw_synthetic_image  # noqa: E402
+from grpose.bench.report import row_text
+from grpose.bench.suites import Suite
+from grpose.bench.timing import Stopwatch
+from grpose.data.pose_dataset import PoseDataset, read_image
+from grpose.data.synthetic import draw_synthetic_image
 
 # Human-Art images are mostly 1-2 megapixels; these sizes (height, width) alternate portrait and landscape.
 HUMANART_SIZES = ((1500, 1000), (1000, 1500), (1200, 1000), (1080, 1440))
@@ -62,9 +60,26 @@ def make_benchmark_images(out_dir: str | Path, num_images: int = 8, seed: int = 
     return mapping_file
 
 
+def data_section(suite: Suite) -> dict[str, Any]:
+    """PoseDataset samples/s in one worker (cv2 one thread) on generated Human-Art-sized JPEGs, printed as one row."""
+    settings = suite.data
+    with tempfile.TemporaryDirectory() as tmp:
+        mapping = make_benchmark_images(tmp, settings.num_images)
+        result = benchmark_dataset(
+            mapping,
+            tmp,
+            image_size=settings.image_size,
+            num_samples=settings.num_samples,
+            warmup=settings.warmup,
+        )
+    print("  " + row_text(result), flush=True)
+    return result
+
+
 def benchmark_dataset(
     mapping: str | Path,
     base: str | Path | None = None,
+    *,
     image_size: int = 512,
     num_samples: int = 64,
     train: bool = True,
@@ -84,17 +99,17 @@ def benchmark_dataset(
         for i in range(min(warmup, len(ds))):
             ds[i]
         times = []
-        start = time.perf_counter()
+        total = Stopwatch()
         for i in range(num_samples):
-            t0 = time.perf_counter()
+            watch = Stopwatch()
             ds[i % len(ds)]
-            times.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - start
+            times.append(watch.elapsed())
+        elapsed = total.elapsed()
         decode, shapes = [], set()
         for i in range(min(len(ds), num_samples)):
-            t0 = time.perf_counter()
+            watch = Stopwatch()
             image = read_image(ds.ids[i], ds.resolve(ds.entries[i]["img_path"]))
-            decode.append(time.perf_counter() - t0)
+            decode.append(watch.elapsed())
             shapes.add(tuple(image.shape[:2]))
         file_kb = np.mean([ds.resolve(e["img_path"]).stat().st_size / 1024 for e in ds.entries[:num_samples]])
     finally:
@@ -120,7 +135,9 @@ def benchmark_dataset(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints (and optionally writes) the benchmark results as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m grpose.bench.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mapping", default=None, help="mapping JSON to read (default: generate benchmark JPEGs)")
     parser.add_argument("--base", default=None, help="base directory of the mapping's paths")
     parser.add_argument("--num_images", type=int, default=8, help="generated images when no --mapping is given")
@@ -131,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         mapping = args.mapping or make_benchmark_images(tmp, args.num_images)
-        results = benchmark_dataset(mapping, args.base, args.image_size, args.num_samples, cv2_threads=args.threads)
+        results = benchmark_dataset(
+            mapping, args.base, image_size=args.image_size, num_samples=args.num_samples, cv2_threads=args.threads
+        )
     text = json.dumps(results, indent=1)
     print(text)
     if args.out:

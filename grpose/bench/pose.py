@@ -1,21 +1,23 @@
-"""Benchmark the bottom-up pose estimator: network images/s (batched, flip test) and CPU grouping ms per image."""
+"""Benchmark the bottom-up pose estimator: network images/s (batched, flip test) and CPU grouping ms per image.
+
+python -m grpose.bench.pose [--device cuda --arch higherhrnet_w48 --num_images 8 --batch_size 4 --out FILE]
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from grpose.pose.estimator import ARCHS, BottomUpPoseEstimator  # noqa: E402
-from grpose.pose.grouping import group_to_image, parse, people_to_results  # noqa: E402
+from grpose.bench.report import row_text
+from grpose.bench.suites import Suite
+from grpose.bench.timing import Stopwatch, sync
+from grpose.pose.estimator import ARCHS, BottomUpPoseEstimator
+from grpose.pose.grouping import group_to_image, parse, people_to_results
 
 
 def synthetic_maps(
@@ -48,14 +50,26 @@ def synthetic_maps(
     return torch.from_numpy(hm), torch.from_numpy(tags)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def pose_section(suite: Suite) -> dict:
+    """The suite's pose-estimator numbers (random weights), printed as one row."""
+    settings = suite.pose
+    result = benchmark_pose_estimator(
+        suite.device,
+        settings.num_images,
+        arch=settings.arch,
+        batch_size=settings.batch_size,
+        input_size=settings.input_size,
+        num_people=settings.num_people,
+        warmup=settings.warmup,
+    )
+    print("  " + row_text(result), flush=True)
+    return result
 
 
 def benchmark_pose_estimator(
     device: str = "cpu",
     num_images: int = 8,
+    *,
     arch: str = "higherhrnet_w48",
     batch_size: int = 4,
     input_size: int = 512,
@@ -82,15 +96,14 @@ def benchmark_pose_estimator(
     for _ in range(warmup):
         x, metas = est.preprocess(images)
         est.network(x, metas[0].base_size)
-    _sync(dev)
-    done, t0 = 0, time.perf_counter()
+    sync(dev)
+    done, watch = 0, Stopwatch(dev)
     while done < num_images:
         x, metas = est.preprocess(images)
         out = est.network(x, metas[0].base_size)
         out["heatmaps"].cpu(), out["tags"].cpu()
         done += batch_size
-    _sync(dev)
-    net_s = (time.perf_counter() - t0) / done
+    net_s = watch.elapsed() / done
 
     spec = ARCHS[arch]
     map_size = input_size if spec.project2image else input_size // 2
@@ -98,13 +111,15 @@ def benchmark_pose_estimator(
     times, people = [], []
     for i in range(num_images):
         hm, tags = synthetic_maps(num_people, map_size, map_size, seed=i)
-        t = time.perf_counter()
+        watch = Stopwatch()
         grouped, scores = parse(
             hm, tags, est.params, adjust=est.adjust, refine=est.refine, use_udp=est.use_udp, solver=est.solver
         )
-        grouped = group_to_image(grouped, meta.center, meta.scale, (map_size, map_size), est.use_udp)
+        grouped = group_to_image(
+            grouped, center=meta.center, scale=meta.scale, heatmap_size=(map_size, map_size), use_udp=est.use_udp
+        )
         res = people_to_results(grouped, scores, est.pose_nms_threshold)
-        times.append(time.perf_counter() - t)
+        times.append(watch.elapsed())
         people.append(len(res["scores"]))
     group_ms = 1000 * float(np.mean(times))
     return {
@@ -125,7 +140,9 @@ def benchmark_pose_estimator(
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(
+        prog="python -m grpose.bench.pose", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--arch", default="higherhrnet_w48", choices=sorted(ARCHS))
     ap.add_argument("--num_images", type=int, default=8)
@@ -140,12 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     res = benchmark_pose_estimator(
         args.device,
         args.num_images,
-        args.arch,
-        args.batch_size,
-        args.input_size,
-        args.num_people,
-        args.checkpoint,
-        args.threads,
+        arch=args.arch,
+        batch_size=args.batch_size,
+        input_size=args.input_size,
+        num_people=args.num_people,
+        checkpoint=args.checkpoint,
+        threads=args.threads,
     )
     print(json.dumps(res, indent=2))
     if args.out:

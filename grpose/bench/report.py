@@ -35,6 +35,7 @@ def check_targets(out: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def fmt(value: Any) -> str:
+    """A table cell: floats to 4 significant digits, big integers in e-notation."""
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, float):
@@ -45,6 +46,7 @@ def fmt(value: Any) -> str:
 
 
 def row_text(row: dict[str, Any]) -> str:
+    """One row as ``key=value`` pairs (scalars only), for the progress lines."""
     return " ".join(f"{k}={fmt(v)}" for k, v in row.items() if not isinstance(v, list | dict))
 
 
@@ -62,6 +64,7 @@ def format_table(rows: list[dict[str, Any]], skip: Sequence[str] = ("times_s",))
 
 
 def print_report(result: dict[str, Any]) -> None:
+    """The machine, then one table per section and suite."""
     print("\n== machine")
     print(format_table([result["machine"]]))
     for section in REPORTS:

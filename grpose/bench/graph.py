@@ -1,13 +1,10 @@
 """Benchmark the GCN block (docs/design.md §6, memory): ours vs a straightforward gather-based EdgeConv.
 
-Usage: python scripts/benchmark_graph.py [--channels 320 --size 64 --batch 2 --k 9 --device cpu --out FILE]
+    python -m grpose.bench.graph [--channels 320 --size 64 --batch 2 --k 9 --device cpu --out FILE]
 
 Peak memory is the peak of the bytes allocated *during* one forward+backward on top of what existed before
-(inputs and parameters excluded). On CUDA it is ``torch.cuda.max_memory_allocated`` minus the allocation at
-the start. On CPU there is no allocator high-water mark, so the op runs once under ``torch.profiler`` with
-``profile_memory=True``: the profiler records every CPU allocator allocation (+bytes) and free (-bytes) with a
-timestamp; the peak is the maximum of the running sum of those events in time order. Times are the median
-of ``repeats`` runs without the profiler, after ``warmup`` runs, the implementations interleaved.
+(inputs and parameters excluded; ``timing.extra_peak_bytes`` says how). Times are the median of ``repeats`` runs
+without the profiler, after ``warmup`` runs, the implementations interleaved.
 """
 
 from __future__ import annotations
@@ -15,21 +12,52 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from grpose.bench.report import row_text
+from grpose.bench.suites import Suite
+from grpose.bench.timing import extra_peak_bytes, free, timed
 from grpose.graph.convs import naive_edge_conv
 from grpose.graph.gcn import GCN
 from grpose.graph.knn import dense_knn
+
+
+def graph_section(suite: Suite) -> list[dict[str, Any]]:
+    """The GCN block at each of the suite's levels against the gather-based EdgeConv (forward + backward)."""
+    device = torch.device(suite.device)
+    settings = suite.graph
+    rows = []
+    for channels, size in settings.levels:
+        res = benchmark_gcn(
+            channels=channels,
+            size=size,
+            batch=settings.batch,
+            device=device,
+            repeats=settings.repeats,
+            warmup=settings.warmup,
+        )
+        row = {
+            "channels": channels,
+            "size": size,
+            "batch": settings.batch,
+            "ours_s": res["ours"]["time_s"],
+            "naive_s": res["naive"]["time_s"],
+            "ours_peak_mib": res["ours"]["peak_mib"],
+            "naive_peak_mib": res["naive"]["peak_mib"],
+            "time_ratio": res["time_ratio_ours_over_naive"],
+            "peak_ratio": res["peak_ratio_ours_over_naive"],
+            "max_abs_diff": res.get("max_abs_diff_vs_naive"),
+        }
+        rows.append(row)
+        print("  " + row_text(row), flush=True)
+        free(device)
+    return rows
 
 
 def naive_knn(y: torch.Tensor, k: int) -> torch.Tensor:
@@ -64,42 +92,8 @@ def _step(module: nn.Module, x: torch.Tensor) -> None:
     del out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
-    """Peak extra bytes allocated while ``fn`` runs (see the module docstring for the method)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    running, peak = 0, 0
-    for event in events:
-        running += event.nbytes()
-        peak = max(peak, running)
-    return peak
-
-
-def _time(fn: Callable[[], None], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
 def benchmark_gcn(
+    *,
     channels: int = 320,
     size: int = 64,
     batch: int = 2,
@@ -145,7 +139,7 @@ def benchmark_gcn(
 
         runs[name] = run
         run()  # warm caches before measuring memory
-        peak = _peak_bytes(run, device)
+        peak = extra_peak_bytes(run, device)
         results[name] = {"peak_bytes": peak, "peak_mib": peak / 2**20}
     for _ in range(warmup):
         for run in runs.values():
@@ -153,7 +147,7 @@ def benchmark_gcn(
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):  # interleaved, so background load hits every implementation alike
         for name, run in runs.items():
-            times[name].append(_time(run, device))
+            times[name] += timed(run, device, repeats=1, warmup=0)
     for name, values in times.items():
         results[name].update(time_s=statistics.median(values), time_min_s=min(values), times_s=values)
     if "naive" in results:
@@ -164,7 +158,7 @@ def benchmark_gcn(
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m grpose.bench.graph", description=__doc__.splitlines()[0])
     parser.add_argument("--channels", type=int, default=320)
     parser.add_argument("--size", type=int, default=64, help="feature map height = width")
     parser.add_argument("--batch", type=int, default=2)
@@ -180,7 +174,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = benchmark_gcn(
-        args.channels, args.size, args.batch, args.k, args.device, args.repeats, args.warmup, args.conv, args.chunk_size
+        channels=args.channels,
+        size=args.size,
+        batch=args.batch,
+        k=args.k,
+        device=args.device,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        conv=args.conv,
+        chunk_size=args.chunk_size,
     )
     text = json.dumps(result, indent=2)
     print(text)
