@@ -109,7 +109,8 @@ def read_state_dict(
     trust: bool | None = None,
     use_ema: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.ckpt``/``.pth``/``.pt``/``.bin`` (torch) or ``.safetensors``.
+    """Read a state dict from ``.ckpt``/``.pth``/``.pt``/``.bin`` (torch), ``.safetensors``, or a diffusers model
+    folder (converted to the ldm layout, ``grpose/diffusers_format.py``).
 
     A ``state_dict`` entry (Lightning, mmcv) is unwrapped, and so is a leading ``module.`` (DDP) prefix.
     ``use_ema``: the trained weights are replaced by the checkpoint's moving average (``ema`` entry, written when
@@ -119,6 +120,14 @@ def read_state_dict(
     state dict may hold unknown classes, the state dict itself may not.
     """
     path = Path(path)
+    if path.is_dir():
+        from grpose.diffusers_format import is_diffusers_folder, read_diffusers_folder
+
+        if not is_diffusers_folder(path):
+            raise CheckpointError(
+                f"{path} is a folder but not a diffusers model folder (no unet/config.json); give a weight file"
+            )
+        return read_diffusers_folder(path, map_location=map_location)
     if not path.is_file():
         raise CheckpointError(_missing_file_message(path, config_key, what))
     if path.suffix == ".safetensors":
