@@ -182,6 +182,25 @@ def load_base_weights(model, paths: list[str]) -> None:
     log.info("base weights from %s: copied %s keys", ", ".join(paths), copied)
 
 
+def pose_validation_callback(config: DictConfig, run_dir: Path, every_n_steps: int):
+    """Pose AP / CAP / PCE of a fixed validation subset while training (config key ``pose_validation``, every
+    ``trainer.val_every_n_steps`` steps; grpose/pose_validation.py)."""
+    from grpose.pose_validation import PoseValidation
+
+    spec = config.pose_validation
+    return PoseValidation(
+        dataset_params=OmegaConf.to_container(config.data.params.validation.params, resolve=True),
+        build_estimator=lambda: instantiate(spec.pose_estimator, "pose_validation.pose_estimator"),
+        every_n_steps=every_n_steps,
+        out_dir=run_dir / "pose_validation",
+        num_images=spec.get("num_images", 16),
+        seed=spec.get("seed", 42),
+        ddim_steps=spec.get("ddim_steps", 10),
+        guidance_scale=spec.get("guidance_scale", config.model.params.get("guidance_scale", 5.0)),
+        batch_size=spec.get("batch_size", 8),
+    )
+
+
 def final_evaluation(model, config: DictConfig, run_dir: Path) -> dict:
     """Pose AP of the trained model and of the base model alone on a fixed validation subset (config key
     ``final_evaluation``), printed as a table and written to ``run_dir/final_evaluation.json``."""
@@ -292,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         ResumeState(OmegaConf.to_yaml(config, resolve=True)),
         LearningRateMonitor(logging_interval="step"),
     ]
+    if trainer_cfg.get("val_every_n_steps") and config.get("pose_validation"):
+        callbacks.append(pose_validation_callback(config, run_dir, int(trainer_cfg.val_every_n_steps)))
     loggers = [CSVLogger(run_dir, name="logs", version="")]
     try:
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))

@@ -99,8 +99,8 @@ def run_row(name: str, configs: list[str], seed: int, steps: int, segments: int,
         if str(mark) in record["evals"]:
             continue
         argv = ["--config", *configs, "--outdir", str(out / "runs"), "--name", run_name, "--seed", str(seed),
-                "--max_steps", str(mark), "final_evaluation=null", f"trainer.last_every_n_steps={mark}",
-                f"trainer.log_frequency={10**9}"]  # fmt: skip
+                "--max_steps", str(mark), "final_evaluation=null", "trainer.val_every_n_steps=0",
+                f"trainer.last_every_n_steps={mark}", f"trainer.log_frequency={10**9}"]  # fmt: skip
         if ckpt.is_file():
             argv = ["--resume", str(ckpt), *argv]
         tic = time.perf_counter()
