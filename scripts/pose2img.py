@@ -32,7 +32,6 @@ def load_pose(
     dataset's shorter-side resize and centre crop; without it the people's bounding box (plus a 10% margin) is
     fitted into the square.
     """
-    from grpose.pose.skeleton import render_skeleton
 
     suffix = path.suffix.lower()
     if suffix in (".png", ".jpg", ".jpeg", ".webp"):
@@ -53,9 +52,19 @@ def load_pose(
         pose = np.stack([np.asarray(a["keypoints"], dtype=np.float32).reshape(17, 3) for a in annotations])
     else:
         raise SystemExit(f"--pose {path}: unsupported file type (use .npz, COCO .json or a skeleton image)")
-    valid = pose[..., 2] > 0
-    if not valid.any():
+    if not (pose[..., 2] > 0).any():
         raise SystemExit(f"--pose {path}: no keypoint with a positive score")
+    return fit_pose(pose, size, source_size)
+
+
+def fit_pose(
+    pose: np.ndarray, size: int, source_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Poses (P, 17, 3) in source pixels -> (skeleton image (size, size, 3), poses in its pixels): the evaluation
+    crop when ``source_size`` is given, else the people's bounding box (plus 10 %) fitted into the square."""
+    from grpose.pose.skeleton import render_skeleton
+
+    valid = pose[..., 2] > 0
     pose = pose.copy()
     xy = pose[..., :2][valid]  # (V, 2)
     if source_size is not None:
