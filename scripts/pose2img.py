@@ -57,9 +57,7 @@ def load_pose(
     return fit_pose(pose, size, source_size)
 
 
-def fit_pose(
-    pose: np.ndarray, size: int, source_size: tuple[int, int] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def fit_pose(pose: np.ndarray, size: int, source_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Poses (P, 17, 3) in source pixels -> (skeleton image (size, size, 3), poses in its pixels): the evaluation
     crop when ``source_size`` is given, else the people's bounding box (plus 10 %) fitted into the square."""
     from grpose.pose.skeleton import render_skeleton

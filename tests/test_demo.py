@@ -1,7 +1,7 @@
 """The browser demo end to end in a real headless browser (Debian's chromium through Selenium): upload a
 skeleton, generate, see images; a file that is not an image and a photo with nobody in it give a message in the
-page, not a traceback. CI installs gradio, selenium, chromium and chromium-driver (.ci/run) and sets
-GRPOSE_REQUIRE_BROWSER=1, so there the test cannot skip."""
+page, not a traceback. gradio and selenium come with requirements-dev.txt; chromium and chromium-driver are Debian
+packages: without them the test skips, except where GRPOSE_REQUIRE_BROWSER=1 (.ci/run installs them and sets it)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = os.environ.get("GRPOSE_REQUIRE_BROWSER") == "1"
 
 
-def _need(module: str):
-    if REQUIRED:
-        return __import__(module)
-    return pytest.importorskip(module)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -32,8 +26,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def browser_and_url():
-    _need("gradio")
-    _need("selenium")
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver_path):
         if REQUIRED:
