@@ -237,15 +237,6 @@ def swap_base_model(model, path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- generation
-def to_uint8(images, protocol: str) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8; 'released' floors like the release, 'corrected' rounds."""
-    import torch
-
-    x = ((images.float().clamp(-1, 1) + 1) / 2) * 255.0
-    x = torch.floor(x) if protocol == "released" else torch.round(x)
-    return x.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def make_panel(generated: np.ndarray, skeleton: np.ndarray, prompt: str, truth: np.ndarray) -> np.ndarray:
     """[generated | skeleton | prompt | ground truth], each H x H (the layout scripts/eval_quality.py reads)."""
     import textwrap
@@ -274,6 +265,7 @@ def generate_shard(args, config, metrics_config, out_dir: Path, rank: int, world
     from grpose.data.pose_dataset import PoseDataset
     from grpose.eval_results import append_results, image_seed, read_results, shard_batches, shard_path
     from grpose.pose.skeleton import render_skeleton
+    from grpose.validation import to_uint8
 
     dataset = PoseDataset(**test_dataset_params(args, config))
     ids = sorted(dataset.ids)[: args.limit] if args.limit else sorted(dataset.ids)

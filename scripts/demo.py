@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pose2img import fit_pose, load_pose  # noqa: E402  (scripts/ is this script's folder)
+from pose2img import _cuda, fit_pose, load_pose, square_crop  # noqa: E402  (scripts/ is this script's folder)
 
 from grpose.trust import add_trust_argument, honours_trust_flag  # noqa: E402
 
@@ -78,27 +78,18 @@ class PoseToImage:
             except (SystemExit, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
                 raise ValueError(f"{path.name}: not a COCO-keypoints JSON ({err})") from err
         try:
-            image = np.asarray(Image.open(path).convert("RGB"))
+            pil_image = Image.open(path).convert("RGB")
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"{path.name} is not an image") from err
         if kind == "skeleton image":
-            return load_pose(path if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") else self._png(image),
-                             self.size)[0]  # fmt: skip
+            return square_crop(pil_image, self.size)
+        image = np.asarray(pil_image)
         people = self.estimator()([image])[0]
         keypoints = np.asarray(people["keypoints"], dtype=np.float32).reshape(-1, 17, 3)  # (P, 17, 3)
         keypoints = keypoints[np.asarray(people["scores"]) >= self.args.person_score]
         if len(keypoints) == 0:
             raise ValueError(f"no person found in {path.name} (no detection scored {self.args.person_score} or more)")
         return fit_pose(keypoints, self.size)[0]
-
-    def _png(self, image: np.ndarray) -> Path:
-        import tempfile
-
-        from PIL import Image
-
-        out = Path(tempfile.mkdtemp()) / "skeleton.png"
-        Image.fromarray(image).save(out)
-        return out
 
     def generate(self, path: Path, kind: str, prompt: str, steps: int, guidance: float, seed: int, num: int):
         """Skeleton (size, size, 3) and ``num`` generated images, uint8."""
@@ -163,15 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     add_trust_argument(p)
     return p
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 def launch(argv: list[str] | None = None, block: bool = True):

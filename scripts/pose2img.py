@@ -37,12 +37,7 @@ def load_pose(
     if suffix in (".png", ".jpg", ".jpeg", ".webp"):
         from PIL import Image
 
-        image = Image.open(path).convert("RGB")
-        w, h = image.size
-        scale = size / min(w, h)
-        image = image.resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR)
-        left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
-        return np.asarray(image.crop((left, top, left + size, top + size))), None
+        return square_crop(Image.open(path).convert("RGB"), size), None
     if suffix == ".npz":
         people = np.load(path, allow_pickle=True)["arr_0"]
         pose = np.stack([np.asarray(p["keypoints"], dtype=np.float32).reshape(17, 3) for p in people])
@@ -55,6 +50,17 @@ def load_pose(
     if not (pose[..., 2] > 0).any():
         raise SystemExit(f"--pose {path}: no keypoint with a positive score")
     return fit_pose(pose, size, source_size)
+
+
+def square_crop(image, size: int) -> np.ndarray:
+    """A PIL RGB image resized so its shorter side is ``size`` (bilinear), centre-cropped to (size, size, 3)."""
+    from PIL import Image
+
+    w, h = image.size
+    scale = size / min(w, h)
+    image = image.resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR)
+    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)))
 
 
 def fit_pose(pose: np.ndarray, size: int, source_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,8 @@ def heatmap_targets(
     """
     pose = torch.as_tensor(np.asarray(poses, dtype=np.float32), device=device)
     b, _, k, _ = pose.shape
-    used = int((pose[..., 2] > 0).any(-1).any(0).nonzero().max()) + 1 if bool((pose[..., 2] > 0).any()) else 0
+    slot_used = (pose[..., 2] > 0).any(-1).any(0)  # (P,) a person slot with any joint in some image
+    used = int(slot_used.nonzero().max()) + 1 if bool(slot_used.any()) else 0
     pose = pose[:, :used]  # (B, P', 17, 3)
     stride = input_size / heatmap_size
     xy = (pose[..., :2] * (input_size / image_size) - (stride - 1) / 2) / stride  # (B, P', 17, 2) heatmap pixels
