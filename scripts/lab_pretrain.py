@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from grpose.cli import configure_logging
 from grpose.config import ConfigError, instantiate, load_config
 
@@ -99,7 +102,7 @@ def train_stage(name: str, module: torch.nn.Module, step, config: DictConfig) ->
 
 
 def stage_autoencoder(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
-    from grpose.lab.autoencoder_stage import autoencoder_step_fn, latent_scale_factor
+    from grpose.lab.autoencoder_stage import autoencoder_step_fn, freeze_encoder, latent_scale_factor
     from grpose.lab.weights import export_weights, prefixed
 
     spec = config.autoencoder
@@ -108,7 +111,14 @@ def stage_autoencoder(config: DictConfig, base: DictConfig, argv: list[str]) -> 
     vae = instantiate(base.vae, "vae")
     init_from(vae, spec, {"first_stage_model.": ""}, "autoencoder")
     vae = vae.to(config.device)
-    step = autoencoder_step_fn(vae, images, spec.batch_size, spec.crop, spec.kl_weight)
+    decoder_only = bool(spec.get("decoder_only", False))
+    if decoder_only:
+        if not spec.get("init_from") and not (Path(spec.work_dir) / "state.pt").is_file():
+            raise ConfigError("autoencoder.decoder_only fine-tunes a trained autoencoder: set autoencoder.init_from")
+        freeze_encoder(vae)
+    step = autoencoder_step_fn(
+        vae, images, batch_size=spec.batch_size, crop=spec.crop, kl_weight=spec.kl_weight, decoder_only=decoder_only
+    )
     vae = train_stage("autoencoder", vae, step, config)
     scale = latent_scale_factor(vae, images[:1024])
     log.info("autoencoder: latent scale factor 1/std = %.5f", scale)
@@ -264,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     written = {}
     for name in stages:
         fn = {"autoencoder": stage_autoencoder, "unet": stage_unet, "estimator": stage_estimator}[name]
-        written[name] = str(fn(config, base, argv))
+        try:
+            written[name] = str(fn(config, base, argv))
+        except ConfigError as err:
+            raise SystemExit(str(err)) from err
         log.info("%s: wrote %s", name, written[name])
     print(json.dumps(written, indent=1))
     return 0

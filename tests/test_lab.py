@@ -83,6 +83,28 @@ def test_lab_main_job_trains_then_reports_ap_next_to_the_base_model(lab_files, t
     assert list((tmp_path / "lab" / "run" / "images").glob("step_*.png"))
 
 
+@pytest.mark.slow
+def test_decoder_only_finetuning_keeps_the_latents_and_changes_the_decoder(lab_files, tmp_path):
+    from grpose.checkpoint import read_state_dict
+
+    source = lab_files / "autoencoder.safetensors"
+    argv = ["--stage", "autoencoder", "--smoke", str(tmp_path), "autoencoder.decoder_only=true",
+            f"autoencoder.init_from={source}"]  # fmt: skip
+    assert lab_pretrain.main(argv) == 0
+    before, after = read_state_dict(source), read_state_dict(tmp_path / "autoencoder.safetensors")
+    assert before.keys() == after.keys()
+    makes_latents = ("first_stage_model.encoder.", "first_stage_model.quant_conv.")
+    frozen = [k for k in before if k.startswith(makes_latents)]
+    decoder = [k for k in before if k.startswith("first_stage_model.decoder.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+
+
+def test_decoder_only_without_a_trained_autoencoder_says_which_key_to_set(tmp_path):
+    with pytest.raises(SystemExit, match=r"autoencoder\.decoder_only.*autoencoder\.init_from"):
+        lab_pretrain.main(["--stage", "autoencoder", "--smoke", str(tmp_path), "autoencoder.decoder_only=true"])
+
+
 def test_missing_lab_weights_name_the_config_key_and_the_rebuild_command(tmp_path):
     config = lab_model_config(tmp_path)
     model = instantiate(config.model, "model")

@@ -3,6 +3,10 @@
 Objective as ldm's first stage without the perceptual and adversarial terms: L1 reconstruction plus
 ``kl_weight`` · KL(q(z|x) || N(0, I)). Trained on random crops (the network is fully convolutional), which is
 4x cheaper per image than whole 128-px images and sees the same local statistics.
+
+``decoder_only`` fine-tunes the decoder of a trained autoencoder with the encoder frozen (as Stable Diffusion's
+ft-MSE VAE was made): the latents, the latent scale factor and so every UNet trained on them stay valid, while the
+reconstructions sharpen (docs/lab.md §4).
 """
 
 from __future__ import annotations
@@ -30,20 +34,30 @@ def random_crops(images: torch.Tensor, crop: int, generator: torch.Generator) ->
     return torch.stack(out).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, c, c)
 
 
-def autoencoder_step_fn(vae: AutoencoderKL, images: torch.Tensor, batch_size: int, crop: int, kl_weight: float):
-    """The stage's ``step_fn``: images uint8 (N, S, S, 3)."""
+def freeze_encoder(vae: AutoencoderKL) -> None:
+    """Freeze everything that makes the latents (encoder and quant_conv) for ``decoder_only`` fine-tuning."""
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+
+
+def autoencoder_step_fn(
+    vae: AutoencoderKL, images: torch.Tensor, batch_size: int, crop: int, kl_weight: float, decoder_only: bool = False
+):
+    """The stage's ``step_fn``: images uint8 (N, S, S, 3). ``decoder_only``: the encoder runs without gradients
+    (``freeze_encoder``) and the loss is the reconstruction alone (the KL term depends on the encoder only)."""
 
     def step(_: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         index = torch.randint(0, images.shape[0], (batch_size,), generator=generator)
         device = next(vae.parameters()).device
         x = random_crops(images[index], crop, generator).to(device)  # random draws on the CPU: same on any device
-        posterior = vae.encode(x)
+        with torch.set_grad_enabled(not decoder_only):
+            posterior = vae.encode(x)
         noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
         reconstruction = vae.decode(posterior.mean + posterior.std * noise)
-        return {
-            "l1": F.l1_loss(reconstruction, x),
-            "kl": kl_weight * kl_divergence(posterior).mean(),
-        }
+        terms = {"l1": F.l1_loss(reconstruction, x)}
+        if not decoder_only:
+            terms["kl"] = kl_weight * kl_divergence(posterior).mean()
+        return terms
 
     return step
 
