@@ -41,6 +41,13 @@ def to_uint8(images: torch.Tensor, protocol: str) -> np.ndarray:
     return x.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def seeded_noise(entry_ids: Sequence[str], *, seed: int, shape: Sequence[int]) -> torch.Tensor:
+    """Initial noise (N, *shape), one draw per entry from ``image_seed(seed, id)``: an entry's image does not depend
+    on its batch, the number of processes or a resume (README "Evaluation")."""
+    generators = [torch.Generator().manual_seed(image_seed(seed, entry_id)) for entry_id in entry_ids]
+    return torch.stack([torch.randn(shape, generator=generator) for generator in generators])
+
+
 @torch.no_grad()
 def generate_subset(
     model: Any,
@@ -63,12 +70,7 @@ def generate_subset(
         batch = [dataset[index_of[i]] for i in ids[start : start + batch_size]]
         hint = torch.stack([torch.from_numpy(s["hint"]) for s in batch]).permute(0, 3, 1, 2).to(device)
         latent_shape = (model.latent_channels, hint.shape[2] // 8, hint.shape[3] // 8)
-        noise = torch.stack(
-            [
-                torch.randn(latent_shape, generator=torch.Generator().manual_seed(image_seed(seed, s["id"])))
-                for s in batch
-            ]
-        ).to(device)
+        noise = seeded_noise([s["id"] for s in batch], seed=seed, shape=latent_shape).to(device)
         images.append(
             model.sample(
                 hint,
