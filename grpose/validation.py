@@ -1,8 +1,9 @@
 """Pose alignment of a fixed validation subset: sample with fixed per-image seeds, detect, score (docs/metrics.md).
 
 Used at the end of a training run (``final_evaluation`` in a config: the lab's main job prints AP next to the
-base-only AP of the same images) and by the lab study. Images are generated exactly as ``eval_pose.py`` does:
-one noise tensor per entry from ``image_seed(seed, id)``, DDIM with classifier-free guidance.
+base-only AP of the same images) and by the lab study. Images are generated exactly as the evaluation does
+(``grpose/evaluation/generate.py``): one noise tensor per entry from ``image_seed(seed, id)``, DDIM with
+classifier-free guidance.
 """
 
 from __future__ import annotations
