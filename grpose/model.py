@@ -156,7 +156,8 @@ class GRPoseModel(pl.LightningModule):
         knn_backend: str | None = None,
         cudnn_benchmark: bool | None = None,
     ) -> GRPoseModel:
-        """Switch speed options on (None leaves one as it is); eval_pose.py calls this with its flags.
+        """Switch speed options on (None leaves one as it is); ``eval_pose.py --fast`` turns them all on
+        (``grpose.evaluation.model_loading.load_model``).
 
         frozen_dtype: cast the frozen modules (VAE, text encoder, the UNet or its frozen encoder; not the pose
         network of the perception loss, which runs in fp32 with autocast off as released) to

@@ -5,7 +5,7 @@ Losses hide whether an adapter has learned the pose (ControlNet-style adapters c
 (``grpose.eval_results.image_seed``), detects people with the configured evaluation estimator and logs the
 metrics of both protocols to every logger (TensorBoard, CSV) as ``val_pose/*``, plus a grid and the images.
 
-Under DDP the subset is split like ``eval_pose.py`` (``shard_batches``: whole batches, so every image has the same
+Under DDP the subset is split like the evaluation (``shard_batches``: whole batches, so every image has the same
 batch companions for any number of processes), each rank samples its batches, rank 0 gathers and scores: the
 numbers are identical for 1 and N processes. Sampling runs under no_grad in eval mode, one batch at a time.
 """

@@ -1,8 +1,9 @@
 """Pose alignment of a fixed validation subset: sample with fixed per-image seeds, detect, score (docs/metrics.md).
 
 Used at the end of a training run (``final_evaluation`` in a config: the lab's main job prints AP next to the
-base-only AP of the same images) and by the lab study. Images are generated exactly as ``eval_pose.py`` does:
-one noise tensor per entry from ``image_seed(seed, id)``, DDIM with classifier-free guidance.
+base-only AP of the same images) and by the lab study. Images are generated exactly as the evaluation does
+(``grpose/evaluation/generate.py``): one noise tensor per entry from ``image_seed(seed, id)``, DDIM with
+classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def to_uint8(images: torch.Tensor, protocol: str) -> np.ndarray:
     return x.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def seeded_noise(entry_ids: Sequence[str], *, seed: int, shape: Sequence[int]) -> torch.Tensor:
+    """Initial noise (N, *shape), one draw per entry from ``image_seed(seed, id)``: an entry's image does not depend
+    on its batch, the number of processes or a resume (README "Evaluation")."""
+    generators = [torch.Generator().manual_seed(image_seed(seed, entry_id)) for entry_id in entry_ids]
+    return torch.stack([torch.randn(shape, generator=generator) for generator in generators])
+
+
 @torch.no_grad()
 def generate_subset(
     model: Any,
@@ -63,12 +71,7 @@ def generate_subset(
         batch = [dataset[index_of[i]] for i in ids[start : start + batch_size]]
         hint = torch.stack([torch.from_numpy(s["hint"]) for s in batch]).permute(0, 3, 1, 2).to(device)
         latent_shape = (model.latent_channels, hint.shape[2] // 8, hint.shape[3] // 8)
-        noise = torch.stack(
-            [
-                torch.randn(latent_shape, generator=torch.Generator().manual_seed(image_seed(seed, s["id"])))
-                for s in batch
-            ]
-        ).to(device)
+        noise = seeded_noise([s["id"] for s in batch], seed=seed, shape=latent_shape).to(device)
         images.append(
             model.sample(
                 hint,

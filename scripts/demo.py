@@ -39,17 +39,16 @@ class PoseToImage:
     def __init__(self, args: argparse.Namespace) -> None:
         import torch
 
-        from eval_pose import load_model
         from grpose.config import load_config
+        from grpose.evaluation.model_loading import load_model
 
         self.args = args
         self.config = load_config(*args.config)
         self.size = args.size or int(self.config.data.params.validation.params.get("image_size", 512))
         self.device = torch.device(args.device)
         if args.ckpt:
-            ns = argparse.Namespace(ckpt=args.ckpt, base_model=args.base_model, config_model=args.config,
-                                    use_ema=args.use_ema)  # fmt: skip
-            self.model = load_model(ns, self.config, self.device)
+            self.model = load_model(self.config, ckpt=args.ckpt, config_files=args.config, device=self.device,
+                                    base_model=args.base_model, use_ema=args.use_ema)  # fmt: skip
         else:  # the lab model: its frozen base (base_weights) and the adapter as configured
             import train
             from grpose.config import instantiate

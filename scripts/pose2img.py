@@ -117,16 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from eval_pose import load_model
     from grpose.config import load_config
+    from grpose.evaluation.model_loading import load_model
     from grpose.pose.skeleton import render_skeleton
 
     config = load_config(*args.config)
     size = args.size or int(config.data.params.test.params.get("image_size", 512))
     hint_rgb, pose = load_pose(args.pose, size, tuple(args.pose_image_size) if args.pose_image_size else None)
-    ns = argparse.Namespace(ckpt=args.ckpt, base_model=args.base_model, config_model=args.config, use_ema=args.use_ema)
     device = torch.device(args.device)
-    model = load_model(ns, config, device)
+    model = load_model(config, ckpt=args.ckpt, config_files=args.config, device=device, base_model=args.base_model,
+                       use_ema=args.use_ema)  # fmt: skip
     hint = torch.from_numpy(hint_rgb).float().div(127.5).sub(1).permute(2, 0, 1)[None].repeat(args.num, 1, 1, 1)
     generator = torch.Generator().manual_seed(args.seed)
     noise = torch.randn((args.num, 4, size // 8, size // 8), generator=generator)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import eval_pose
 from grpose.checkpoint import CheckpointError, read_state_dict, save_state_dict
 from grpose.config import instantiate, load_config
+from grpose.evaluation.model_loading import swap_base_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/grpose/tiny.yaml")
@@ -98,7 +98,7 @@ def test_folder_as_base_model_gives_the_same_eps(twins):
     for name in ("folder", "ldm"):
         torch.manual_seed(1)
         model = instantiate(config.model, "model").eval()
-        eval_pose.swap_base_model(model, str(twins[name]))
+        swap_base_model(model, str(twins[name]))
         models[name] = model
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2, 4, 8, 8, generator=gen)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -10,10 +9,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import eval_pose
 import train
 from grpose.checkpoint import save_state_dict
 from grpose.config import instantiate, load_config
+from grpose.evaluation.model_loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/grpose/tiny.yaml")
@@ -53,12 +52,8 @@ def test_export_then_reload_with_the_base_gives_identical_images(files, capsys):
         assert "model:" in fh.metadata()["config"] and fh.metadata()["dtype"] == "fp32"
     assert slim.stat().st_size < files["full"].stat().st_size / 2
     config = load_config(TINY)
-    reference = eval_pose.load_model(
-        argparse.Namespace(ckpt=str(files["full"]), base_model=None, config_model=[TINY]), config, "cpu"
-    )
-    joined = eval_pose.load_model(
-        argparse.Namespace(ckpt=str(slim), base_model=str(files["base"]), config_model=[TINY]), config, "cpu"
-    )
+    reference = load_model(config, ckpt=str(files["full"]), base_model=None, config_files=[TINY], device="cpu")
+    joined = load_model(config, ckpt=str(slim), base_model=str(files["base"]), config_files=[TINY], device="cpu")
     assert all(torch.equal(v, joined.state_dict()[k]) for k, v in reference.state_dict().items())
     assert torch.equal(sample(reference), sample(joined))
     # train.py --control_ckpt takes the same pair
@@ -86,7 +81,7 @@ def test_an_export_without_its_base_or_a_base_without_an_export_is_refused(files
     export_adapter.main(["--config", TINY, "--ckpt", str(files["full"]), "--out", str(slim)])
     config = load_config(TINY)
     with pytest.raises(SystemExit, match="--base_model"):
-        eval_pose.load_model(argparse.Namespace(ckpt=str(slim), base_model=None, config_model=[TINY]), config, "cpu")
+        load_model(config, ckpt=str(slim), base_model=None, config_files=[TINY], device="cpu")
     model = instantiate(config.model, "model")
     with pytest.raises(SystemExit, match="--base_model"):
         train.load_control_ckpt(model, str(slim), None)

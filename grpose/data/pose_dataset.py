@@ -117,7 +117,8 @@ class PoseDataset(Dataset):
     Training crops randomly, evaluation crops the centre (deterministic). Bad entries (``on_error`` defaults to
     'skip' when training, 'raise' when evaluating): 'raise' raises a DatasetEntryError naming the id and path;
     'skip' warns once per bad entry, serves the next valid entry instead and counts distinct bad entries in
-    ``num_skipped`` (shared with DataLoader workers).
+    ``num_skipped`` (shared with DataLoader workers). ``mapping``: the mapping file's content, when the caller has
+    read it already (the evaluation reads it once for all its processes).
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class PoseDataset(Dataset):
         on_error: str | None = None,
         limit: int | None = None,
         seed: int = 0,
+        mapping: dict[str, Any] | None = None,
     ) -> None:
         if on_error is None:
             on_error = "skip" if train else "raise"  # skip when training, raise when evaluating (Q14)
@@ -143,7 +145,7 @@ class PoseDataset(Dataset):
             raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
         self.mapping_file = Path(mapping_file)
         self.base_dir = Path(base_dir) if base_dir is not None else self.mapping_file.parent
-        mapping = load_mapping(self.mapping_file)
+        mapping = load_mapping(self.mapping_file) if mapping is None else mapping  # given: already read
         self.ids: list[str] = list(mapping)[:limit] if limit is not None else list(mapping)
         if not self.ids:
             raise ValueError(f"mapping file {self.mapping_file} has no entries")
