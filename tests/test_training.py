@@ -253,9 +253,9 @@ def test_ctrl_c_leaves_a_resumable_last_ckpt(tmp_path, synthetic):
         time.sleep(0.2)  # poll for the condition, not a fixed wait
     assert second_step.is_file(), "training did not reach step 2"
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+    output, _ = proc.communicate(timeout=120)  # drains the pipe: a child blocked on a full pipe never exits
     last = tmp_path / "exp/grpose/int/checkpoints/last.ckpt"
-    assert last.is_file(), proc.stdout.read().decode()[-3000:]
+    assert last.is_file(), output.decode()[-3000:]
     step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     assert step >= 2  # saved at the interrupted step, after the two observed ones
     run_train(tmp_path, synthetic, "--resume", str(last), "--max_steps", str(step + 1))
