@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -57,8 +59,14 @@ def metrics(outdir: Path) -> dict:
 @pytest.mark.slow
 def test_one_and_two_processes_give_identical_results(setup, tmp_path):
     root, ckpt = setup
+    environment, on_ctrl_c = dict(os.environ), signal.getsignal(signal.SIGINT)
     eval_pose.main(argv(root, ckpt, tmp_path / "one"))
     eval_pose.main(argv(root, ckpt, tmp_path / "two", "--devices", "2"))
+    leaked = {
+        k: os.environ.get(k) for k in set(os.environ) | set(environment) if os.environ.get(k) != environment.get(k)
+    }
+    assert dict(os.environ) == environment, f"the process launcher changed the environment: {leaked}"
+    assert signal.getsignal(signal.SIGINT) == on_ctrl_c, "the process launcher left Ctrl-C handled otherwise"
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert len(one) == 5 and one == two  # every entry once, the last partial batch included
     assert metrics(tmp_path / "one") == metrics(tmp_path / "two")

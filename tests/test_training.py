@@ -246,7 +246,10 @@ def test_ctrl_c_leaves_a_resumable_last_ckpt(tmp_path, synthetic):
         *data_overrides(synthetic),
         "trainer.log_frequency=1",
     ]  # fmt: skip  (an image grid after every step: a visible sign of progress)
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Ctrl-C must reach the child even when this test runs in the background of a non-interactive shell, which
+    # starts its jobs (and so their children) with SIGINT ignored
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     second_step = tmp_path / "exp/grpose/int/images/step_0000002.png"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not second_step.is_file():

@@ -58,16 +58,14 @@ def launch(fabric: Fabric, function: Callable[..., Any], **kwargs: Any) -> Any:
 
     Every process keeps this process's number of torch threads: Lightning would give each cpu_count / processes
     threads, and CPU results depend on the thread count (summation order), while an image must not depend on the
-    number of processes. The spawn launcher's MASTER_PORT is removed afterwards, so that a next run in this
-    process picks a free port again.
+    number of processes. The environment is restored afterwards: the spawn launcher's MASTER_PORT, WORLD_SIZE and
+    the like must not leak into a next run in this process or into a program it starts (a later ``train.py``
+    subprocess would believe it is one rank of a distributed job).
     """
-    saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MASTER_PORT")}
+    saved = dict(os.environ)
     os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # Lightning leaves a set value alone
     try:  # kwargs bound here: the spawn launcher walks its own arguments and refuses frozen dataclasses in them
         return fabric.launch(functools.partial(function, **kwargs))
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        os.environ.clear()
+        os.environ.update(saved)
