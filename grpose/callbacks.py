@@ -40,6 +40,7 @@ class ImageLogger(pl.Callback):
         self.max_images = min(max_images, 4)
         self.num_steps = num_steps
         self.out_dir = out_dir
+        self._logged_step: int | None = None
 
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -51,7 +52,7 @@ class ImageLogger(pl.Callback):
     @rank_zero_only
     def on_train_end(self, trainer, pl_module) -> None:
         batch = getattr(self, "_last_batch", None)
-        if batch is not None:
+        if batch is not None and self._logged_step != trainer.global_step:  # the last step's grid, unless written
             self.log_batch(trainer, pl_module, batch, trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -79,6 +80,7 @@ class ImageLogger(pl.Callback):
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_image"):
             experiment.add_image("train/samples", grid, step, dataformats="HWC")
+        self._logged_step = step
         log.info("image grid written to %s", path)
         return path
 
