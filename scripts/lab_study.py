@@ -1,6 +1,6 @@
 """The lab study (docs/lab.md §5): base only, ControlNet, GRPose, GRPose + pose loss and ablations, equal budgets.
 
-python scripts/lab_study.py                 # the default study (about an hour on 2 CPU cores)
+python scripts/lab_study.py                 # the default study (under an hour on 2 CPU cores)
 python scripts/lab_study.py --quick         # a few minutes: few steps, few images, one seed
 python scripts/lab_study.py --rows grpose controlnet --seeds 0 1 2
 
@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,22 +38,37 @@ ROWS: dict[str, list[str]] = {
     "GRPose, PGI at levels 1-2": ["configs/lab/ablations/pgi_levels_12.yaml"],
 }
 SEEDED_ROWS = ("ControlNet", "GRPose")  # rows run with every --seeds value; the others with the first seed
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every row gets: training steps (batch 16), evaluations along them, and the test subset's sampling."""
+
+    steps: int
+    segments: int
+    num_images: int
+    ddim_steps: int
+    overrides: tuple[str, ...] = ()
+
+
 COLUMNS = ("ap", "ap50", "cap", "pce", "ap_released", "ap50_released", "cap_released", "pce_released")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="40 steps, 16 images, one seed")
-    p.add_argument("--steps", type=int, default=None, help="training steps per row (default 300; quick 40)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per row (default 150; quick 40)")
     p.add_argument("--segments", type=int, default=3, help="evaluations along training (AP vs steps)")
-    p.add_argument("--num_images", type=int, default=None, help="test subset size (default 64; quick 16)")
+    p.add_argument("--num_images", type=int, default=None, help="test subset size (default 32; quick 16)")
+    p.add_argument("--ddim_steps", type=int, default=10, help="DDIM steps of the evaluation samples")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1; quick 0)")
     p.add_argument("--rows", nargs="+", default=None, help=f"subset of rows: {list(ROWS)}")
     p.add_argument("--out", default=None, help="output folder (default outputs/lab_study[_quick])")
+    p.add_argument("overrides", nargs="*", help="config overrides for every row, e.g. dataset.root=/data/lab")
     return p
 
 
-def evaluate(configs: list[str], ckpt: Path | None, num_images: int, overrides: list[str]) -> dict[str, float]:
+def evaluate(configs: list[str], ckpt: Path | None, budget: Budget) -> dict[str, float]:
     """Pose metrics of a trained checkpoint, or of the base model alone when ``ckpt`` is None."""
     import torch
 
@@ -60,53 +76,54 @@ def evaluate(configs: list[str], ckpt: Path | None, num_images: int, overrides: 
     from grpose.config import instantiate, load_config
     from grpose.data.pose_dataset import PoseDataset
     from grpose.validation import generate_subset, score_subset, summary_row
+    from train import ensure_synthetic_data, load_base_weights
 
+    overrides = [*budget.overrides, f"final_evaluation.ddim_steps={budget.ddim_steps}"]
     config = load_config(*(configs or [BASE]), overrides=overrides)
+    ensure_synthetic_data(config)  # the base-only row may come first, before any training created the dataset
     spec = config.final_evaluation
     with torch.random.fork_rng(devices=[]):
         model = instantiate(config.model, "model")
     if ckpt is None:
-        from train import load_base_weights
-
         load_base_weights(model, list(config.base_weights))
     else:
         load_into(model, read_state_dict(ckpt), strict=True, source=str(ckpt))
     dataset = PoseDataset(**{**config.data.params.validation.params, "train": False})
-    ids = list(dataset.ids)[:num_images]
+    ids = list(dataset.ids)[: budget.num_images]
     estimator = instantiate(spec.pose_estimator, "final_evaluation.pose_estimator")
     samples, images = generate_subset(model, dataset, ids, seed=spec.seed, num_steps=spec.ddim_steps,
                                       guidance_scale=spec.guidance_scale, use_adapter=ckpt is not None)  # fmt: skip
     return summary_row(score_subset(samples, images, estimator))
 
 
-def run_row(name: str, configs: list[str], seed: int, steps: int, segments: int, num_images: int, out: Path,
-            results: dict, save) -> None:  # fmt: skip
-    """Train one row in ``segments`` resumed pieces, evaluating after each; results[key][step] = metrics."""
+def run_row(*, name: str, configs: list[str], seed: int, budget: Budget, out: Path, results: dict, save) -> None:
+    """Train one row in ``budget.segments`` resumed pieces, evaluating after each; results[key][step] = metrics."""
     import train
 
     key = f"{name} | seed {seed}"
     record = results.setdefault(key, {"row": name, "seed": seed, "configs": configs, "evals": {}, "train_s": 0.0})
     if not configs:  # the base model alone: nothing to train
         if "0" not in record["evals"]:
-            record["evals"]["0"] = evaluate([], None, num_images, [])
+            record["evals"]["0"] = evaluate([], None, budget)
             save()
         return
     run_name = f"{name.replace(' ', '_').replace(',', '').replace('+', 'plus').replace('=', '')}_seed{seed}"
     run_dir = out / "runs" / Path(configs[-1]).parent.name / run_name
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    marks = [round(steps * (i + 1) / segments) for i in range(segments)]
+    marks = [round(budget.steps * (i + 1) / budget.segments) for i in range(budget.segments)]
     for mark in marks:
         if str(mark) in record["evals"]:
             continue
         argv = ["--config", *configs, "--outdir", str(out / "runs"), "--name", run_name, "--seed", str(seed),
                 "--max_steps", str(mark), "final_evaluation=null", "trainer.val_every_n_steps=0",
-                f"trainer.last_every_n_steps={mark}", f"trainer.log_frequency={10**9}"]  # fmt: skip
+                f"trainer.last_every_n_steps={mark}", f"trainer.log_frequency={10**9}", *budget.overrides]  # fmt: skip
         if ckpt.is_file():
             argv = ["--resume", str(ckpt), *argv]
         tic = time.perf_counter()
-        train.main(argv)
+        if train.main(argv) != 0:
+            raise SystemExit(f"lab study: training of {key!r} failed (train.py {' '.join(argv)})")
         record["train_s"] += time.perf_counter() - tic
-        record["evals"][str(mark)] = evaluate(configs, ckpt, num_images, [])
+        record["evals"][str(mark)] = evaluate(configs, ckpt, budget)
         save()
         log.info("%s step %d: %s", key, mark, record["evals"][str(mark)])
 
@@ -164,13 +181,29 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def check_same_budget(path: Path, budget: Budget) -> None:
+    """A study folder resumes only under the budget it was started with (its results would not compare)."""
+    wanted = json.loads(json.dumps(asdict(budget)))  # tuples as lists, as read back
+    if path.is_file() and (found := json.loads(path.read_text())) != wanted:
+        raise SystemExit(
+            f"{path}: this study folder was started with {found}, not {wanted}; resume with the same "
+            "--steps/--segments/--num_images/--ddim_steps/overrides or use another --out"
+        )
+    path.write_text(json.dumps(wanted, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from grpose.cli import configure_logging
 
     configure_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    steps = args.steps or (40 if args.quick else 300)
-    num_images = args.num_images or (16 if args.quick else 64)
+    budget = Budget(
+        steps=args.steps or (40 if args.quick else 150),
+        segments=args.segments,
+        num_images=args.num_images or (16 if args.quick else 32),
+        ddim_steps=args.ddim_steps,
+        overrides=tuple(args.overrides),
+    )
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     names = args.rows or list(ROWS)
     unknown = [n for n in names if n not in ROWS]
@@ -178,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--rows: unknown row(s) {unknown}; choose from {list(ROWS)}")
     out = Path(args.out or ("outputs/lab_study_quick" if args.quick else "outputs/lab_study"))
     out.mkdir(parents=True, exist_ok=True)
+    check_same_budget(out / "budget.json", budget)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
@@ -187,11 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     tic = time.perf_counter()
     for name in names:
         for seed in seeds if name in SEEDED_ROWS else seeds[:1]:
-            run_row(name, ROWS[name], seed, steps, args.segments, num_images, out, results, save)
+            run_row(name=name, configs=ROWS[name], seed=seed, budget=budget, out=out, results=results, save=save)
     wall = time.perf_counter() - tic
     rows = aggregate({k: v for k, v in results.items() if v["row"] in names})
-    header = (f"Lab study: {steps} steps per row (batch 16), {num_images} test images, seeds {seeds}; "
-              f"this invocation {wall / 60:.1f} min")  # fmt: skip
+    header = (f"Lab study: {budget.steps} steps per row (batch 16), {budget.num_images} test images "
+              f"(DDIM {budget.ddim_steps}), seeds {seeds}; this invocation {wall / 60:.1f} min")  # fmt: skip
     print(write_table(rows, out / "table.md", header))
     plot({k: v for k, v in results.items() if v["row"] in names}, out / "ap_vs_steps.png")
     print(f"wrote {out / 'table.md'}, {out / 'ap_vs_steps.png'}, {results_path}")
