@@ -99,9 +99,10 @@ def run_directory(args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def check_resume(resume: str, config: DictConfig) -> None:
+def check_resume(resume: str, config: DictConfig) -> tuple[int, int] | None:
     """Fail before any training when --resume names a missing file, a file the safe loader refuses (it would run
-    code; see ``grpose.checkpoint``) or a checkpoint of another model config."""
+    code; see ``grpose.checkpoint``) or a checkpoint of another model config. Returns where the run's
+    ``logs/metrics.csv`` stood when the checkpoint was written (``grpose.csv_log``)."""
     from grpose.checkpoint import UntrustedCheckpointError, read_checkpoint
 
     path = Path(resume)
@@ -124,6 +125,9 @@ def check_resume(resume: str, config: DictConfig) -> None:
             f"--resume: {path} was trained with a different model config; resume with the config it was trained "
             "with (stored inside the checkpoint and in the run's config.yaml)"
         )
+    from grpose.csv_log import resume_point
+
+    return resume_point(ckpt)
 
 
 def ensure_synthetic_data(config: DictConfig) -> None:
@@ -241,14 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     trainer_cfg = config.get("trainer", OmegaConf.create({}))
     if args.sd_locked is not None:
         config.model.params.sd_locked = args.sd_locked
-    if args.resume:
-        check_resume(args.resume, config)
+    csv_resume_point = check_resume(args.resume, config) if args.resume else None
 
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     from grpose.callbacks import ImageLogger, LastCheckpoint, ResumeState, SafeCheckpointIO
+    from grpose.csv_log import CSVRowsAtSave, ResumableCSVLogger
 
     seed = args.seed if args.seed is not None else trainer_cfg.get("seed", 23)
     pl.seed_everything(seed, workers=True)
@@ -309,11 +313,12 @@ def main(argv: list[str] | None = None) -> int:
             out_dir=str(run_dir / "images"),
         ),
         ResumeState(OmegaConf.to_yaml(config, resolve=True)),
+        CSVRowsAtSave(),
         LearningRateMonitor(logging_interval="step"),
     ]
     if trainer_cfg.get("val_every_n_steps") and config.get("pose_validation"):
         callbacks.append(pose_validation_callback(config, run_dir, int(trainer_cfg.val_every_n_steps)))
-    loggers = [CSVLogger(run_dir, name="logs", version="")]
+    loggers = [ResumableCSVLogger(run_dir, name="logs", version="", resume_from=csv_resume_point)]
     try:
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
     except ModuleNotFoundError:
