@@ -114,18 +114,39 @@ def adapter_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in read_state_dict(ckpt).items() if k.startswith("control_model.")}
 
 
+def csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(run_dir / "logs/metrics.csv", newline="") as fh:
+        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
 @pytest.mark.slow
 def test_resume_after_step_3_equals_uninterrupted_6_steps(tmp_path, synthetic):
+    """A run that crashed at step 5 and is resumed from its step-3 checkpoint ends with the uninterrupted run's
+    weights and, row for row, its logs/metrics.csv (Lightning's CSVLogger would delete the file on a resume;
+    grpose/csv_log.py keeps the rows the checkpoint covers and drops those the resumed run logs again)."""
+    import shutil
+
     torch.use_deterministic_algorithms(True, warn_only=True)
-    run_train(tmp_path / "a", synthetic, "--max_steps", "6", "--name", "full")
+    every_step = ["trainer.log_every_n_steps=1"]
+    run_train(tmp_path / "a", synthetic, "--max_steps", "6", "--name", "full", *every_step)
     full = adapter_weights(tmp_path / "a/exp/grpose/full/checkpoints/last.ckpt")
-    run_train(tmp_path / "b", synthetic, "--max_steps", "3", "--name", "part")
-    last = tmp_path / "b/exp/grpose/part/checkpoints/last.ckpt"
-    run_train(tmp_path / "b", synthetic, "--max_steps", "6", "--resume", str(last))
+    run_train(tmp_path / "b", synthetic, "--max_steps", "3", "--name", "part", *every_step)
+    run_dir = tmp_path / "b/exp/grpose/part"
+    last = run_dir / "checkpoints/last.ckpt"
+    step3 = run_dir / "checkpoints/step3.ckpt"  # train.py takes the run folder from the checkpoint's place
+    shutil.copy(last, step3)
+    run_train(tmp_path / "b", synthetic, "--max_steps", "5", "--resume", str(last), *every_step)  # the "crash"
+    assert {r["step"] for r in csv_rows(run_dir)} >= {"3", "4"}  # rows the resume from step 3 must not keep twice
+    run_train(tmp_path / "b", synthetic, "--max_steps", "6", "--resume", str(step3), *every_step)
     resumed = adapter_weights(last)
     assert full.keys() == resumed.keys()
     worst = max((full[k].float() - resumed[k].float()).abs().max().item() for k in full)
     assert worst == 0.0, f"resumed adapter differs by {worst}"
+    full_rows, resumed_rows = csv_rows(tmp_path / "a/exp/grpose/full"), csv_rows(run_dir)
+    assert [r["step"] for r in resumed_rows] == [r["step"] for r in full_rows] and len(full_rows) >= 12
+    assert resumed_rows == full_rows
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 6
     assert not any(k.startswith("pose_feature_network") for k in ckpt["state_dict"])
@@ -136,36 +157,6 @@ def test_resume_after_step_3_equals_uninterrupted_6_steps(tmp_path, synthetic):
     model = GRPoseModel.load_from_checkpoint(last, sample_steps=3)
     assert model.sample_steps == 3 and model.hparams.learning_rate == model.learning_rate
     assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in model.state_dict().items())
-
-
-def csv_rows(run_dir: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(run_dir / "logs/metrics.csv", newline="") as fh:
-        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
-
-
-@pytest.mark.slow
-def test_metrics_csv_of_a_run_resumed_after_a_crash_equals_the_uninterrupted_runs(tmp_path, synthetic):
-    """Lightning's CSVLogger deletes metrics.csv on a resume; grpose/csv_log.py keeps the rows the checkpoint
-    covers and drops those the resumed run logs again (here: a crash at step 5 resumed from the step-3 file)."""
-    import shutil
-
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    every_step = ["trainer.log_every_n_steps=1"]
-    run_train(tmp_path / "a", synthetic, "--max_steps", "6", "--name", "full", *every_step)
-    run_train(tmp_path / "b", synthetic, "--max_steps", "3", "--name", "crash", *every_step)
-    run_dir = tmp_path / "b/exp/grpose/crash"
-    step3 = run_dir / "checkpoints/step3.ckpt"  # train.py takes the run folder from the checkpoint's place
-    shutil.copy(run_dir / "checkpoints/last.ckpt", step3)
-    run_train(
-        tmp_path / "b", synthetic, "--max_steps", "5", "--resume", str(run_dir / "checkpoints/last.ckpt"), *every_step
-    )  # fmt: skip  (rows of steps 3-4 that the resume from step 3 must not keep twice)
-    assert {r["step"] for r in csv_rows(run_dir)} >= {"3", "4"}
-    run_train(tmp_path / "b", synthetic, "--max_steps", "6", "--resume", str(step3), *every_step)
-    full, resumed = csv_rows(tmp_path / "a/exp/grpose/full"), csv_rows(run_dir)
-    assert [r["step"] for r in resumed] == [r["step"] for r in full] and len(full) >= 12
-    assert resumed == full
 
 
 @pytest.mark.slow
