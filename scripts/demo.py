@@ -95,7 +95,8 @@ class PoseToImage:
         import torch
 
         hint_rgb = self.hint_from(path, kind)
-        hint = torch.from_numpy(hint_rgb).float().div(127.5).sub(1).permute(2, 0, 1)[None].repeat(num, 1, 1, 1)
+        # (H, W, 3) uint8 -> (num, 3, H, W) in [-1, 1]; a copy, since the uploaded image's array may be read-only
+        hint = torch.tensor(hint_rgb).float().div(127.5).sub(1).permute(2, 0, 1)[None].repeat(num, 1, 1, 1)
         generator = torch.Generator().manual_seed(int(seed))
         noise = torch.randn((num, self.model.latent_channels, self.size // 8, self.size // 8), generator=generator)
         with torch.no_grad():
