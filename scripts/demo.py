@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pose2img import _cuda, fit_pose, load_pose, square_crop  # noqa: E402  (scripts/ is this script's folder)
+from pose2img import _cuda, fit_pose, hint_batch, load_pose, square_crop  # noqa: E402  (scripts/ is this script's folder)
 
 from grpose.trust import add_trust_argument, honours_trust_flag  # noqa: E402
 
@@ -95,8 +95,7 @@ class PoseToImage:
         import torch
 
         hint_rgb = self.hint_from(path, kind)
-        # (H, W, 3) uint8 -> (num, 3, H, W) in [-1, 1]; a copy, since the uploaded image's array may be read-only
-        hint = torch.tensor(hint_rgb).float().div(127.5).sub(1).permute(2, 0, 1)[None].repeat(num, 1, 1, 1)
+        hint = hint_batch(hint_rgb, num)
         generator = torch.Generator().manual_seed(int(seed))
         noise = torch.randn((num, self.model.latent_channels, self.size // 8, self.size // 8), generator=generator)
         with torch.no_grad():

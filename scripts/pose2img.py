@@ -84,6 +84,14 @@ def fit_pose(pose: np.ndarray, size: int, source_size: tuple[int, int] | None = 
     return render_skeleton(pose, size, size), pose
 
 
+def hint_batch(hint_rgb: np.ndarray, num: int):
+    """(H, W, 3) uint8 skeleton -> (num, 3, H, W) tensor in [-1, 1], the model's hint (copied: the array may be
+    read-only)."""
+    import torch
+
+    return torch.tensor(hint_rgb).float().div(127.5).sub(1).permute(2, 0, 1)[None].repeat(num, 1, 1, 1)
+
+
 @honours_trust_flag
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     model = load_model(config, ckpt=args.ckpt, config_files=args.config, device=device, base_model=args.base_model,
                        use_ema=args.use_ema)  # fmt: skip
-    hint = torch.from_numpy(hint_rgb).float().div(127.5).sub(1).permute(2, 0, 1)[None].repeat(args.num, 1, 1, 1)
+    hint = hint_batch(hint_rgb, args.num)
     generator = torch.Generator().manual_seed(args.seed)
     noise = torch.randn((args.num, 4, size // 8, size // 8), generator=generator)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
