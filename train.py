@@ -79,6 +79,33 @@ def default_precision(accelerator: str) -> str:
     return "32-true"
 
 
+def resolve_precision(requested: str, accelerator: str, config: DictConfig) -> str:
+    """The config's or --precision's choice where this machine runs it well, else 32-true (with a log line).
+
+    bf16-mixed runs on GPUs with bf16 and on CPUs that compute in bf16 natively (grpose.speed.cpu_has_native_bf16);
+    16-mixed only on GPUs. In 32-bit runs the frozen modules stay fp32: ``model.params.frozen_dtype`` of ``config``
+    is cleared (it needs autocast on the trainable parts).
+    """
+    import torch
+
+    from grpose.speed import cpu_has_native_bf16
+
+    precision = str(requested)
+    if precision in ("bf16-mixed", "16-mixed"):
+        on_gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        runs_well = (
+            (on_gpu and (precision == "16-mixed" or torch.cuda.is_bf16_supported()))
+            or (not on_gpu and precision == "bf16-mixed" and cpu_has_native_bf16())
+        )  # fmt: skip
+        if not runs_well:
+            log.info("precision %s does not run well on this machine; using 32-true", precision)
+            precision = "32-true"
+    if precision in ("32", "32-true") and config.model.params.get("frozen_dtype"):
+        log.info("precision %s: the frozen modules stay in fp32 (model.params.frozen_dtype ignored)", precision)
+        config.model.params.frozen_dtype = None
+    return precision
+
+
 def run_directory(args: argparse.Namespace) -> Path:
     """experiments/<config folder>/<run name>; a new run never reuses a directory (a time suffix is added).
 
@@ -205,26 +232,42 @@ def pose_validation_callback(config: DictConfig, run_dir: Path, every_n_steps: i
     )
 
 
-def final_evaluation(model, config: DictConfig, run_dir: Path) -> dict:
+def final_evaluation_protocols(config: DictConfig) -> tuple[str, ...]:
+    """``final_evaluation.protocols`` (default both), checked before training starts rather than after it."""
+    from grpose.validation import PROTOCOLS
+
+    protocols = tuple(config.final_evaluation.get("protocols", PROTOCOLS))
+    if "corrected" not in protocols or not set(protocols) <= set(PROTOCOLS):
+        raise SystemExit(f"final_evaluation.protocols: {list(protocols)}; choose from {list(PROTOCOLS)}, with "
+                         "'corrected' (the printed table's protocol) among them")  # fmt: skip
+    return protocols
+
+
+def final_evaluation(model, config: DictConfig, run_dir: Path, precision: str = "32-true") -> dict:
     """Pose AP of the trained model and of the base model alone on a fixed validation subset (config key
-    ``final_evaluation``), printed as a table and written to ``run_dir/final_evaluation.json``."""
+    ``final_evaluation``; ``protocols`` defaults to both, the table prints the corrected one), printed as a table and
+    written to ``run_dir/final_evaluation.json``. Samples under the autocast of the training ``precision``, as the
+    image grids and the pose validation do."""
     import json
 
     import torch
 
     from grpose.data.pose_dataset import PoseDataset
+    from grpose.speed import autocast_for
     from grpose.validation import generate_subset, score_subset, summary_row
 
     spec = config.final_evaluation
+    protocols = final_evaluation_protocols(config)
     dataset = PoseDataset(**{**config.data.params.validation.params, "train": False})
     ids = list(dataset.ids)[: spec.num_images]
     estimator = instantiate(spec.pose_estimator, "final_evaluation.pose_estimator")
     model = model.to("cpu") if not torch.cuda.is_available() else model
     rows = {}
     for name, use_adapter in (("trained", True), ("base only", False)):
-        samples, images = generate_subset(model, dataset, ids, seed=spec.seed, num_steps=spec.ddim_steps,
-                                          guidance_scale=spec.guidance_scale, use_adapter=use_adapter)  # fmt: skip
-        rows[name] = summary_row(score_subset(samples, images, estimator))
+        with autocast_for(precision, next(model.parameters()).device.type):
+            samples, images = generate_subset(model, dataset, ids, seed=spec.seed, num_steps=spec.ddim_steps,
+                                              guidance_scale=spec.guidance_scale, use_adapter=use_adapter)  # fmt: skip
+        rows[name] = summary_row(score_subset(samples, images, estimator, protocols=protocols))
     (run_dir / "final_evaluation.json").write_text(json.dumps(rows, indent=1))
     print(f"pose alignment on {len(ids)} validation images (DDIM {spec.ddim_steps}, CFG {spec.guidance_scale}):")
     print(f"  {'':10s} {'AP':>6s} {'AP50':>6s} {'CAP':>6s} {'PCE':>6s}")
@@ -246,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sd_locked is not None:
         config.model.params.sd_locked = args.sd_locked
     csv_resume_point = check_resume(args.resume, config) if args.resume else None
+    if config.get("final_evaluation"):
+        final_evaluation_protocols(config)
 
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -260,10 +305,8 @@ def main(argv: list[str] | None = None) -> int:
 
     accelerator = args.accelerator
     devices = resolve_devices(args)
-    precision = args.precision or trainer_cfg.get("precision") or default_precision(accelerator)
-    if precision in ("bf16-mixed", "16-mixed") and default_precision(accelerator) == "32-true":
-        log.info("precision %s needs a GPU with bf16; using 32-true on this machine", precision)
-        precision = "32-true"
+    precision = resolve_precision(args.precision or trainer_cfg.get("precision") or default_precision(accelerator),
+                                  accelerator, config)  # fmt: skip
     batch_size = config.data.params.get("batch_size", 1)
     if args.scale_lr:
         world = int(devices) * args.num_nodes if isinstance(devices, int) else 1
@@ -354,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         last = ckpt_dir / "last.ckpt"
         print(f"run directory: {run_dir}\ncheckpoint:    {last}\nimage grids:   {run_dir / 'images'}")
         if config.get("final_evaluation"):
-            final_evaluation(model, config, run_dir)
+            final_evaluation(model, config, run_dir, precision=precision)
     return 0
 
 

@@ -69,15 +69,16 @@ class PoseValidation(pl.Callback):
         ids = list(self._dataset.ids)[: self.num_images]
         records = []
         for batch_ids in shard_batches(ids, self.batch_size, trainer.global_rank, trainer.world_size):
-            samples, images = generate_subset(
-                pl_module,
-                self._dataset,
-                batch_ids,
-                seed=self.seed,
-                num_steps=self.ddim_steps,
-                guidance_scale=self.guidance_scale,
-                batch_size=len(batch_ids),
-            )
+            with trainer.precision_plugin.forward_context():  # sample in the training precision, as the image grids
+                samples, images = generate_subset(
+                    pl_module,
+                    self._dataset,
+                    batch_ids,
+                    seed=self.seed,
+                    num_steps=self.ddim_steps,
+                    guidance_scale=self.guidance_scale,
+                    batch_size=len(batch_ids),
+                )
             uint8 = {protocol: to_uint8(images, protocol) for protocol in PROTOCOLS}  # (B, H, W, 3) each
             for i, sample in enumerate(samples):
                 records.append(

@@ -1,10 +1,11 @@
-"""GPU speed switches: dtype names, regional torch.compile, and a CUDA-graphed DDIM denoiser step.
+"""Speed switches: dtype names, native CPU bf16, regional torch.compile, and a CUDA-graphed DDIM denoiser step.
 
 Each switch keeps the numbers of the plain path within bf16 rounding; ``GRPoseModel.configure_speed`` applies them.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -30,6 +31,22 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     if key not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
     return DTYPES[key]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX). Elsewhere oneDNN emulates bf16, slower than
+    fp32, so bf16-mixed is only worth it on such CPUs (docs/lab.md §6: a lab training step 1.31 s -> 0.83 s)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def autocast_for(precision: str, device_type: str) -> contextlib.AbstractContextManager:
+    """The autocast a Lightning ``precision`` runs its forward passes under ("bf16-mixed": bf16, "16-mixed": fp16,
+    else none), for sampling outside the Trainer (train.py's final evaluation, the lab study)."""
+    dtypes = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+    if str(precision) not in dtypes:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtypes[str(precision)])
 
 
 def compile_targets() -> tuple[type[nn.Module], ...]:

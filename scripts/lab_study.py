@@ -48,6 +48,7 @@ class Budget:
     segments: int
     num_images: int
     ddim_steps: int
+    precision: str = "32-true"  # what train.py runs the lab configs in on this machine (bf16-mixed or 32-true)
     overrides: tuple[str, ...] = ()
 
 
@@ -75,11 +76,13 @@ def evaluate(configs: list[str], ckpt: Path | None, budget: Budget) -> dict[str,
     from grpose.checkpoint import load_into, read_state_dict
     from grpose.config import instantiate, load_config
     from grpose.data.pose_dataset import PoseDataset
+    from grpose.speed import autocast_for
     from grpose.validation import generate_subset, score_subset, summary_row
-    from train import ensure_synthetic_data, load_base_weights
+    from train import ensure_synthetic_data, load_base_weights, resolve_precision
 
     overrides = [*budget.overrides, f"final_evaluation.ddim_steps={budget.ddim_steps}"]
     config = load_config(*(configs or [BASE]), overrides=overrides)
+    precision = resolve_precision(config.trainer.precision, "cpu", config)  # the rows train on the CPU, as train.py
     ensure_synthetic_data(config)  # the base-only row may come first, before any training created the dataset
     spec = config.final_evaluation
     with torch.random.fork_rng(devices=[]):
@@ -91,8 +94,9 @@ def evaluate(configs: list[str], ckpt: Path | None, budget: Budget) -> dict[str,
     dataset = PoseDataset(**{**config.data.params.validation.params, "train": False})
     ids = list(dataset.ids)[: budget.num_images]
     estimator = instantiate(spec.pose_estimator, "final_evaluation.pose_estimator")
-    samples, images = generate_subset(model, dataset, ids, seed=spec.seed, num_steps=spec.ddim_steps,
-                                      guidance_scale=spec.guidance_scale, use_adapter=ckpt is not None)  # fmt: skip
+    with autocast_for(precision, "cpu"):
+        samples, images = generate_subset(model, dataset, ids, seed=spec.seed, num_steps=spec.ddim_steps,
+                                          guidance_scale=spec.guidance_scale, use_adapter=ckpt is not None)  # fmt: skip
     return summary_row(score_subset(samples, images, estimator))
 
 
@@ -181,13 +185,22 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def lab_precision(overrides: list[str]) -> str:
+    """The precision train.py resolves for the lab configs on this machine (bf16-mixed needs native CPU bf16)."""
+    from grpose.config import load_config
+    from train import resolve_precision
+
+    config = load_config(BASE, overrides=list(overrides))
+    return resolve_precision(config.trainer.precision, "auto", config)
+
+
 def check_same_budget(path: Path, budget: Budget) -> None:
     """A study folder resumes only under the budget it was started with (its results would not compare)."""
     wanted = json.loads(json.dumps(asdict(budget)))  # tuples as lists, as read back
     if path.is_file() and (found := json.loads(path.read_text())) != wanted:
         raise SystemExit(
             f"{path}: this study folder was started with {found}, not {wanted}; resume with the same "
-            "--steps/--segments/--num_images/--ddim_steps/overrides or use another --out"
+            "--steps/--segments/--num_images/--ddim_steps/overrides (and precision) or use another --out"
         )
     path.write_text(json.dumps(wanted, indent=1))
 
@@ -202,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         segments=args.segments,
         num_images=args.num_images or (16 if args.quick else 32),
         ddim_steps=args.ddim_steps,
+        precision=lab_precision(args.overrides),
         overrides=tuple(args.overrides),
     )
     seeds = args.seeds or ([0] if args.quick else [0, 1])
@@ -225,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - tic
     rows = aggregate({k: v for k, v in results.items() if v["row"] in names})
     header = (f"Lab study: {budget.steps} steps per row (batch 16), {budget.num_images} test images "
-              f"(DDIM {budget.ddim_steps}), seeds {seeds}; this invocation {wall / 60:.1f} min")  # fmt: skip
+              f"(DDIM {budget.ddim_steps}), seeds {seeds}, {budget.precision}; "
+              f"this invocation {wall / 60:.1f} min")  # fmt: skip
     print(write_table(rows, out / "table.md", header))
     plot({k: v for k, v in results.items() if v["row"] in names}, out / "ap_vs_steps.png")
     print(f"wrote {out / 'table.md'}, {out / 'ap_vs_steps.png'}, {results_path}")

@@ -51,8 +51,9 @@ def test_builders_write_files_that_load_through_the_real_paths(lab_files):
     train.load_base_weights(model, list(config.base_weights))  # frozen parts strictly, adapter twins copied
     unet_key = "input_blocks.1.0.in_layers.2.weight"
     twin = model.control_model.state_dict().get(unet_key)
-    if twin is not None:
-        assert torch.equal(twin, model.unet.state_dict()[unet_key])
+    if twin is not None:  # the frozen UNet is stored in bf16 (model.params.frozen_dtype), its trainable twin in fp32
+        frozen = model.unet.state_dict()[unet_key]
+        assert torch.equal(twin.to(frozen.dtype), frozen)
     estimator_node = config.final_evaluation.pose_estimator
     estimator_node.params.checkpoint = str(lab_files / "estimator.safetensors")
     estimator = instantiate(estimator_node, "pose_estimator")
@@ -73,6 +74,7 @@ def test_lab_main_job_trains_then_reports_ap_next_to_the_base_model(lab_files, t
             "data.params.batch_size=2", "trainer.max_steps=2", "trainer.log_frequency=2",
             "trainer.image_sample_steps=2",
             "final_evaluation.num_images=2", "final_evaluation.ddim_steps=2",
+            "final_evaluation.protocols=[corrected,released]",  # the lab default scores the corrected one only
             f"final_evaluation.pose_estimator.params.checkpoint={lab_files}/estimator.safetensors"]  # fmt: skip
     assert train.main(argv) == 0
     rows = json.loads((tmp_path / "lab" / "run" / "final_evaluation.json").read_text())
@@ -81,6 +83,14 @@ def test_lab_main_job_trains_then_reports_ap_next_to_the_base_model(lab_files, t
         assert {"ap", "ap50", "cap", "pce", "ap_released", "pce_released"} <= set(row)
         assert 0.0 <= row["ap"] <= 1.0
     assert list((tmp_path / "lab" / "run" / "images").glob("step_*.png"))
+
+
+def test_a_wrong_final_evaluation_protocol_stops_the_run_before_training(tmp_path):
+    argv = ["--config", str(ROOT / "configs/lab/grpose.yaml"), "--outdir", str(tmp_path),
+            "final_evaluation.protocols=[released]"]  # fmt: skip
+    with pytest.raises(SystemExit, match=r"final_evaluation.protocols: \['released'\].*'corrected'"):
+        train.main(argv)
+    assert not (tmp_path / "lab").exists()  # nothing was created: no run folder, no dataset
 
 
 @pytest.mark.slow

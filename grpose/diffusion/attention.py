@@ -32,7 +32,13 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         q, k, v = self._split(self.to_q(x)), self._split(self.to_k(context)), self._split(self.to_v(context))
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(D)) v
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # PyTorch's CPU attention kernels are slower in bf16 than in fp32 (backward 1.7-4x at the lab's shapes,
+            # docs/lab.md §6), so bf16-mixed training on a CPU attends in fp32; the result goes back to bf16.
+            with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(D)) v
         b, _, n, _ = out.shape
         out = out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head)  # (B, H, N, D) -> (B, N, H*D)
         return self.to_out(out)
