@@ -201,3 +201,54 @@ def test_every_switch_at_once_stays_within_bf16_of_the_plain_path(plain):
     err, tolerance = rel_err(out, ref), rel_err(fp32, ref)
     assert err < 1.5 * tolerance, (err, tolerance)
     torch._dynamo.reset()
+
+
+def test_cpu_bf16_attention_runs_in_fp32_and_returns_bf16():
+    """Under CPU bf16 autocast the attention product runs in fp32 (PyTorch's CPU bf16 attention is slower there,
+    docs/lab.md §6): the result matches fp32 attention of the same bf16 projections, and gradients flow."""
+    from grpose.diffusion.attention import CrossAttention
+
+    torch.manual_seed(0)
+    attention = CrossAttention(query_dim=32, context_dim=16, heads=2, dim_head=16)
+    x = torch.randn(2, 64, 32, requires_grad=True)
+    context = torch.randn(2, 7, 16)
+    with bf16_autocast():
+        out = attention(x, context)
+    assert out.dtype is torch.bfloat16
+    with torch.no_grad():
+        q = attention._split(attention.to_q(x).bfloat16()).float()
+        k = attention._split(attention.to_k(context).bfloat16()).float()
+        v = attention._split(attention.to_v(context).bfloat16()).float()
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 64, 32)
+        ref = attention.to_out(ref.bfloat16().float())
+    assert rel_err(out.detach().float(), ref) < 2e-2
+    out.float().square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and bool(x.grad.any())
+
+
+def test_precision_is_kept_where_it_runs_well_and_frozen_dtype_follows_it(monkeypatch):
+    import train
+    from grpose import speed
+
+    config = load_config(str(ROOT / "configs/lab/grpose.yaml"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
+    assert train.resolve_precision("bf16-mixed", "cpu", config) == "bf16-mixed"
+    assert config.model.params.frozen_dtype == "bf16"
+    assert train.resolve_precision("16-mixed", "cpu", config) == "32-true"  # fp16 autocast: GPUs only
+    assert config.model.params.frozen_dtype is None  # 32-bit runs keep the frozen base in fp32
+
+    config = load_config(str(ROOT / "configs/lab/grpose.yaml"))
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)  # bf16 emulated: slower than fp32
+    assert train.resolve_precision("bf16-mixed", "auto", config) == "32-true"
+    assert config.model.params.frozen_dtype is None
+    assert train.resolve_precision(32, "cpu", config) == "32"
+
+
+def test_autocast_for_follows_the_lightning_precision_names():
+    from grpose.speed import autocast_for
+
+    with autocast_for("bf16-mixed", "cpu"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") is torch.bfloat16
+    with autocast_for("32-true", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
