@@ -243,11 +243,13 @@ def final_evaluation_protocols(config: DictConfig) -> tuple[str, ...]:
     return protocols
 
 
-def final_evaluation(model, config: DictConfig, run_dir: Path, precision: str = "32-true") -> dict:
+def final_evaluation(
+    model, config: DictConfig, run_dir: Path, protocols: tuple[str, ...], precision: str = "32-true"
+) -> dict:
     """Pose AP of the trained model and of the base model alone on a fixed validation subset (config key
-    ``final_evaluation``; ``protocols`` defaults to both, the table prints the corrected one), printed as a table and
-    written to ``run_dir/final_evaluation.json``. Samples under the autocast of the training ``precision``, as the
-    image grids and the pose validation do."""
+    ``final_evaluation``) in ``protocols`` (``final_evaluation_protocols``; the table prints the corrected one),
+    printed as a table and written to ``run_dir/final_evaluation.json``. Samples under the autocast of the training
+    ``precision``, as the image grids and the pose validation do."""
     import json
 
     import torch
@@ -257,14 +259,14 @@ def final_evaluation(model, config: DictConfig, run_dir: Path, precision: str = 
     from grpose.validation import generate_subset, score_subset, summary_row
 
     spec = config.final_evaluation
-    protocols = final_evaluation_protocols(config)
     dataset = PoseDataset(**{**config.data.params.validation.params, "train": False})
     ids = list(dataset.ids)[: spec.num_images]
     estimator = instantiate(spec.pose_estimator, "final_evaluation.pose_estimator")
     model = model.to("cpu") if not torch.cuda.is_available() else model
+    device_type = next(model.parameters()).device.type
     rows = {}
     for name, use_adapter in (("trained", True), ("base only", False)):
-        with autocast_for(precision, next(model.parameters()).device.type):
+        with autocast_for(precision, device_type):
             samples, images = generate_subset(model, dataset, ids, seed=spec.seed, num_steps=spec.ddim_steps,
                                               guidance_scale=spec.guidance_scale, use_adapter=use_adapter)  # fmt: skip
         rows[name] = summary_row(score_subset(samples, images, estimator, protocols=protocols))
@@ -289,8 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sd_locked is not None:
         config.model.params.sd_locked = args.sd_locked
     csv_resume_point = check_resume(args.resume, config) if args.resume else None
-    if config.get("final_evaluation"):
-        final_evaluation_protocols(config)
+    protocols = final_evaluation_protocols(config) if config.get("final_evaluation") else None
 
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         last = ckpt_dir / "last.ckpt"
         print(f"run directory: {run_dir}\ncheckpoint:    {last}\nimage grids:   {run_dir / 'images'}")
         if config.get("final_evaluation"):
-            final_evaluation(model, config, run_dir, precision=precision)
+            final_evaluation(model, config, run_dir, protocols=protocols, precision=precision)
     return 0
 
 
