@@ -4,6 +4,8 @@ python scripts/lab_pretrain.py --stage all              # everything, in order; 
 python scripts/lab_pretrain.py --stage estimator        # one stage: autoencoder | unet | estimator
 python scripts/lab_pretrain.py --stage unet --smoke     # a few steps into a scratch folder (tests)
 python scripts/lab_pretrain.py --ceiling                # the estimator's AP on the held-out real images
+python scripts/lab_pretrain.py --ceiling 200 --through_autoencoder models/lab/autoencoder.safetensors
+                                                        # ... on their round trips through the lab autoencoder
 
 Writes models/lab/{autoencoder,unet_text,pose_estimator}.safetensors (fp16, keys as in real checkpoints; the
 header records the config, the command and the seed). Deterministic on one machine type for the config's
@@ -13,6 +15,7 @@ header records the config, the command and the seed). Deterministic on one machi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -137,17 +140,44 @@ def read_scale_factor(path: str | Path) -> float:
         return float(fh.metadata()["scale_factor"])
 
 
-def stage_unet(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
+def load_lab_autoencoder(base: DictConfig, path: str | Path, config_key: str, device: str = "cpu"):
+    """The lab autoencoder of ``base.vae`` with the weights of ``path`` (strict), frozen in eval mode."""
     from grpose.checkpoint import load_into, read_state_dict
+
+    vae = instantiate(base.vae, "vae").to(device)
+    state = read_state_dict(path, config_key=config_key, what="lab autoencoder (--stage autoencoder)")
+    load_into(vae, {k.removeprefix("first_stage_model."): v for k, v in state.items()}, strict=True, source=str(path))
+    return vae.eval().requires_grad_(False)
+
+
+def round_trips_of(config: DictConfig, base: DictConfig, images: np.ndarray) -> np.ndarray:
+    """``images`` through the autoencoder of ``estimator.round_trip_autoencoder`` (docs/lab.md §3), computed once
+    and cached in the stage's work_dir under the weight file's hash, so a resumed stage reuses them."""
+    from grpose.lab.estimator_stage import autoencoder_round_trip
+
+    spec = config.estimator
+    path = Path(spec.round_trip_autoencoder)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+    cache = Path(spec.work_dir) / f"round_trips_{digest}_{len(images)}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    vae = load_lab_autoencoder(base, path, "estimator.round_trip_autoencoder", config.device)
+    started = time.time()
+    round_trips = autoencoder_round_trip(vae, images)
+    log.info("estimator: %d round trips through %s in %.0f s", len(images), path, time.time() - started)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, round_trips)
+    return round_trips
+
+
+def stage_unet(config: DictConfig, base: DictConfig, argv: list[str]) -> Path:
     from grpose.lab.base_stage import BaseModel, base_step_fn, latent_moments
     from grpose.lab.weights import export_weights, prefixed
 
     spec = config.unet
     arrays = lab_arrays(config, "training")
-    vae = instantiate(base.vae, "vae").to(config.device)
     ae_file = config.autoencoder.out
-    state = read_state_dict(ae_file, config_key="autoencoder.out", what="lab autoencoder (--stage autoencoder)")
-    load_into(vae, {k.removeprefix("first_stage_model."): v for k, v in state.items()}, strict=True, source=ae_file)
+    vae = load_lab_autoencoder(base, ae_file, "autoencoder.out", config.device)
     scale = read_scale_factor(ae_file)
     means, stds = latent_moments(vae, torch.from_numpy(arrays.images))
     torch.manual_seed(spec.seed)
@@ -195,23 +225,49 @@ def stage_estimator(config: DictConfig, base: DictConfig, argv: list[str]) -> Pa
         estimator.model = type(estimator.model)(spec.width_mult, head_channels=spec.head_channels)
     init_from(estimator.model, spec, {"": ""}, "estimator")
     estimator.model.to(config.device)
+    fraction = float(spec.get("round_trip_fraction", 0.0))
     step = estimator_step_fn(
-        estimator, arrays.images, arrays.poses, spec.batch_size, spec.sigma, spec.tag_weight, spec.keypoint_threshold
+        estimator,
+        arrays.images,
+        arrays.poses,
+        batch_size=spec.batch_size,
+        sigma=spec.sigma,
+        tag_weight=spec.tag_weight,
+        keypoint_threshold=spec.keypoint_threshold,
+        round_trips=round_trips_of(config, base, arrays.images) if fraction > 0 else None,
+        round_trip_fraction=fraction,
     )
     model = train_stage("estimator", estimator.model, step, config)
     return export_weights(model.state_dict(), spec.out, header(config, "estimator", argv, model.stopped_at_step))
 
 
-def ceiling(config: DictConfig, eval_config: str, num_images: int | None, device: str) -> dict:
-    """The lab estimator's AP on held-out real images (docs/lab.md §3), read through the evaluation config."""
+def ceiling(
+    config: DictConfig,
+    base: DictConfig,
+    eval_config: str,
+    num_images: int | None,
+    device: str,
+    through_autoencoder: str | None = None,
+) -> dict:
+    """The lab estimator's AP on held-out real images (docs/lab.md §3), read through the evaluation config; with
+    ``through_autoencoder`` (a lab autoencoder file) on their round trips through it instead."""
     from grpose.lab.ceiling import estimator_ceiling
+    from grpose.lab.estimator_stage import autoencoder_round_trip
 
     node = load_config(eval_config).pose_estimator
     node.params.device = device
     estimator = instantiate(node, "pose_estimator")
+    transform, what = None, "real"
+    if through_autoencoder:
+        vae = load_lab_autoencoder(base, through_autoencoder, "--through_autoencoder", device)
+        transform, what = (lambda images: autoencoder_round_trip(vae, images)), f"round-tripped ({through_autoencoder})"
     out = ensure_lab_dataset_of(config)
-    row = estimator_ceiling(estimator, out / "mapping_file_validation.json", out, config.dataset.crop_size, num_images)
-    log.info("estimator %s on %d real held-out images: AP %.3f", node.params.checkpoint, row["num_images"], row["ap"])
+    row = estimator_ceiling(
+        estimator, out / "mapping_file_validation.json", out, config.dataset.crop_size, num_images, transform=transform
+    )
+    log.info(
+        "estimator %s on %d %s held-out images: AP %.3f", node.params.checkpoint, row["num_images"], what, row["ap"]
+    )
     return row
 
 
@@ -245,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         " with the evaluation settings of --eval_config",
     )
     p.add_argument("--eval_config", default="configs/lab/eval.yaml", help="its pose_estimator node (--ceiling)")
+    p.add_argument(
+        "--through_autoencoder",
+        default=None,
+        metavar="FILE",
+        help="--ceiling on the images' round trips through this lab autoencoder (models/lab/autoencoder.safetensors)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (the reference build) or cuda")
     p.add_argument("--max_minutes", type=float, default=None, help="per-stage time budget (stops early, resumable)")
     p.add_argument("--smoke", default=None, metavar="DIR", help="2 steps per stage on a tiny dataset in DIR")
@@ -261,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         config = smoke_config(config, Path(args.smoke))
     if args.ceiling is not None:
-        print(json.dumps(ceiling(config, args.eval_config, args.ceiling or None, args.device), indent=1))
+        row = ceiling(config, base, args.eval_config, args.ceiling or None, args.device, args.through_autoencoder)
+        print(json.dumps(row, indent=1))
         return 0
     config.device = args.device
     config.max_seconds = args.max_minutes * 60 if args.max_minutes else None

@@ -200,7 +200,13 @@ def test_associative_embedding_loss_pulls_people_together_and_pushes_them_apart(
 
 def test_a_stage_continues_from_the_file_given_in_init_from(lab_files, tmp_path):
     """``<stage>.init_from`` starts a stage from an earlier build; a file of another part is refused by name."""
-    argv = ["--stage", "estimator", "--smoke", str(tmp_path)]
+    argv = [
+        "--stage",
+        "estimator",
+        "--smoke",
+        str(tmp_path),
+        f"estimator.round_trip_autoencoder={lab_files}/autoencoder.safetensors",
+    ]
     with pytest.raises(CheckpointError, match=r"does not fit|missing"):
         lab_pretrain.main([*argv, f"estimator.init_from={lab_files}/autoencoder.safetensors"])
     assert lab_pretrain.main([*argv, f"estimator.init_from={lab_files}/estimator.safetensors"]) == 0
@@ -272,3 +278,62 @@ def test_short_adapter_training_on_the_lab_base_raises_pose_ap_above_the_base_on
     rows = json.loads((tmp_path / "lab" / "run" / "final_evaluation.json").read_text())
     trained, base = rows["trained"], rows["base only"]
     assert trained["ap"] > base["ap"] and trained["ap50"] > base["ap50"], rows
+
+
+def _small_estimator():
+    from grpose.pose.estimator import BottomUpPoseEstimator
+
+    torch.manual_seed(0)
+    return BottomUpPoseEstimator(
+        arch="mobilenetv2_lab", checkpoint=None, allow_random_init=True, width_mult=0.5, head_channels=16, input_size=64
+    )
+
+
+def test_round_trip_images_replace_the_drawn_images_without_changing_the_other_draws():
+    """``round_trip_fraction`` swaps drawn images for their round trips and leaves every other draw as before: with
+    round trips equal to the images the estimator sees the fraction-0 batch bit for bit, with other images it sees
+    those (the augmentation is an affine map of the pixels, so 255 - x stays recognisable)."""
+    from grpose.lab.estimator_stage import estimator_step_fn
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    poses = np.concatenate([rng.uniform(4, 28, (6, 1, 17, 2)), np.full((6, 1, 17, 1), 2.0)], axis=-1)
+    estimator = _small_estimator()
+    settings = {"batch_size": 3, "sigma": 2.0, "tag_weight": 1e-2, "keypoint_threshold": 0.02}
+    seen = []
+    preprocess = estimator.preprocess
+    estimator.preprocess = lambda batch: (seen.append(np.stack(batch)), preprocess(batch))[1]
+
+    def batch_seen(**round_trip) -> np.ndarray:
+        step = estimator_step_fn(estimator, images, poses, **settings, **round_trip)
+        step(0, torch.Generator().manual_seed(5))
+        return seen.pop()
+
+    real = batch_seen()
+    assert np.array_equal(batch_seen(round_trips=images.copy(), round_trip_fraction=1.0), real)
+    inverted = batch_seen(round_trips=255 - images, round_trip_fraction=1.0)
+    assert np.corrcoef(inverted.ravel(), real.ravel())[0, 1] < -0.5
+    with pytest.raises(ValueError, match="round_trips of the same shape"):
+        estimator_step_fn(estimator, images, poses, **settings, round_trips=images[:2], round_trip_fraction=0.5)
+
+
+def test_autoencoder_round_trip_is_deterministic_uint8_of_the_input_shape():
+    from grpose.lab.estimator_stage import autoencoder_round_trip
+
+    torch.manual_seed(0)
+    vae = instantiate(load_config(ROOT / "configs/lab/base.yaml").vae, "vae")
+    images = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    first = autoencoder_round_trip(vae, images, batch_size=2)
+    assert first.dtype == np.uint8 and first.shape == images.shape
+    assert np.array_equal(first, autoencoder_round_trip(vae, images, batch_size=3))
+    assert not np.array_equal(first, images)  # a random autoencoder does not reproduce its input
+
+
+def test_estimator_stage_trains_on_round_trips_of_the_named_autoencoder(lab_files, tmp_path):
+    """The estimator stage computes the round trips once (cached by the autoencoder file's hash) and refuses a
+    missing autoencoder by its config key."""
+    argv = ["--stage", "estimator", "--smoke", str(tmp_path), "estimator.round_trip_fraction=0.5"]
+    with pytest.raises(CheckpointError, match=r"estimator\.round_trip_autoencoder"):
+        lab_pretrain.main([*argv, f"estimator.round_trip_autoencoder={tmp_path}/none.safetensors"])
+    assert lab_pretrain.main([*argv, f"estimator.round_trip_autoencoder={lab_files}/autoencoder.safetensors"]) == 0
+    assert len(list((tmp_path / "estimator").glob("round_trips_*.npy"))) == 1

@@ -6,21 +6,32 @@ at best be detected as well as a drawn one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from grpose.lab.data import load_lab_arrays
 from grpose.validation import PROTOCOLS, score_images, summary_row
 
 
 def estimator_ceiling(
-    estimator: Any, mapping_file: str | Path, base_dir: str | Path, crop_size: int, num_images: int | None = None
+    estimator: Any,
+    mapping_file: str | Path,
+    base_dir: str | Path,
+    crop_size: int,
+    num_images: int | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, float]:
     """AP, AP50, CAP, PCE (both protocols, ``summary_row`` columns) of ``estimator`` on the first ``num_images``
-    images of a lab split (all when None), centre-cropped to ``crop_size`` as the lab trains and evaluates."""
+    images of a lab split (all when None), centre-cropped to ``crop_size`` as the lab trains and evaluates.
+
+    ``transform`` maps the uint8 (N, S, S, 3) images before scoring (e.g. the lab autoencoder's round trip)."""
     arrays = load_lab_arrays(mapping_file, base_dir, crop_size)
     n = len(arrays) if num_images is None else min(num_images, len(arrays))
+    images = arrays.images[:n] if transform is None else transform(arrays.images[:n])
     metrics = score_images(
-        {protocol: arrays.images[:n] for protocol in PROTOCOLS}, list(arrays.poses[:n]), arrays.ids[:n], estimator
+        {protocol: images for protocol in PROTOCOLS}, list(arrays.poses[:n]), arrays.ids[:n], estimator
     )
     return {**summary_row(metrics), "num_images": n}

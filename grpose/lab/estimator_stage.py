@@ -3,6 +3,10 @@
 Losses of Newell et al. 2017 (associative embedding) as mmpose 0.x trains bottom-up models: per-joint Gaussian
 heatmaps (MSE) plus the tag pull/push loss (``exp`` push). Inputs go through the estimator's own preprocessing
 (``BottomUpPoseEstimator.preprocess``), so training and inference see identical tensors (docs/lab.md §3).
+
+Every image the estimator judges in the lab is a decode of the lab autoencoder, whose round trip blurs thin limbs
+far more than SD1.5's VAE does; ``round_trip_fraction`` of the training images are therefore replaced by their own
+round trip through the lab autoencoder (same keypoints), so the estimator learns the domain it scores (§3).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from grpose.diffusion.autoencoder import AutoencoderKL
 from grpose.pose.estimator import BottomUpPoseEstimator
 from grpose.pose.skeleton import COCO_FLIP_INDEX
 
@@ -104,6 +109,21 @@ def augment(image: np.ndarray, pose: np.ndarray, rng: np.random.Generator) -> tu
     return np.clip(x, 0, 255).astype(np.uint8), pose
 
 
+@torch.no_grad()
+def autoencoder_round_trip(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Decode(posterior mean of encode(x)) of uint8 (N, S, S, 3) RGB images, as uint8 (N, S, S, 3): what the lab
+    autoencoder keeps of each image (deterministic; S a multiple of 8)."""
+    vae.eval()
+    device = next(vae.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start : start + batch_size]).to(device)
+        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, S, S) in [-1, 1]
+        decoded = vae.decode(vae.encode(x).mean).clamp(-1.0, 1.0)  # (B, 3, S, S)
+        out.append(torch.round((decoded + 1.0) * 127.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out) if out else images.copy()
+
+
 def estimator_step_fn(
     estimator: BottomUpPoseEstimator,
     images: np.ndarray,
@@ -112,14 +132,26 @@ def estimator_step_fn(
     sigma: float,
     tag_weight: float,
     keypoint_threshold: float,
+    round_trips: np.ndarray | None = None,
+    round_trip_fraction: float = 0.0,
 ):
-    """The stage's ``step_fn``: images uint8 (N, S, S, 3) RGB, poses (N, P, 17, 3) in image pixels."""
+    """The stage's ``step_fn``: images uint8 (N, S, S, 3) RGB, poses (N, P, 17, 3) in image pixels.
+
+    ``round_trips`` (N, S, S, 3), the same images through the lab autoencoder (``autoencoder_round_trip``), replace
+    each drawn image with probability ``round_trip_fraction``.
+    """
     num_joints = poses.shape[2]
+    if round_trip_fraction > 0 and (round_trips is None or round_trips.shape != images.shape):
+        raise ValueError("round_trip_fraction > 0 needs round_trips of the same shape as images")
 
     def step(_: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         index = torch.randint(0, images.shape[0], (batch_size,), generator=generator).tolist()
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=generator)))
-        batch = [augment(images[i], poses[i], rng) for i in index]
+        if round_trip_fraction > 0:
+            through = (torch.rand(batch_size, generator=generator) < round_trip_fraction).tolist()
+            batch = [augment((round_trips if t else images)[i], poses[i], rng) for i, t in zip(index, through)]
+        else:  # the draws of builds made before round trips existed
+            batch = [augment(images[i], poses[i], rng) for i in index]
         x, _ = estimator.preprocess([image for image, _ in batch])  # (B, 3, in, in)
         output = estimator.model(x)[0]  # (B, 2K, in/4, in/4): heatmaps then tags
         heatmap_size = output.shape[-1]
