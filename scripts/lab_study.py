@@ -168,13 +168,17 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for record in results.values():
+    row_order = list(ROWS)
+    colours = {name: f"C{i}" for i, name in enumerate(row_order)}  # one colour per row, one line style per seed
+    styles = ["-", "--", ":", "-."]
+    for record in sorted(results.values(), key=lambda r: (row_order.index(r["row"]), r["seed"])):
         evals = sorted((int(s), m["ap"]) for s, m in record["evals"].items())
         if len(evals) == 1 and evals[0][0] == 0:
             ax.axhline(evals[0][1], color="grey", linestyle="--", label=f"{record['row']}")
             continue
         steps, ap = zip(*evals)
-        ax.plot(steps, ap, marker="o", label=f"{record['row']} (seed {record['seed']})")
+        ax.plot(steps, ap, marker="o", color=colours[record["row"]], linestyle=styles[record["seed"] % len(styles)],
+                label=f"{record['row']} (seed {record['seed']})")  # fmt: skip
     ax.set_xlabel("adapter training steps (batch 16)")
     ax.set_ylabel("pose AP (corrected protocol)")
     ax.set_title("Lab study: pose AP of generated images vs training")
@@ -237,12 +241,18 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds if name in SEEDED_ROWS else seeds[:1]:
             run_row(name=name, configs=ROWS[name], seed=seed, budget=budget, out=out, results=results, save=save)
     wall = time.perf_counter() - tic
-    rows = aggregate({k: v for k, v in results.items() if v["row"] in names})
+    # this invocation's rows and seeds only: a folder may hold more (e.g. a third seed added later)
+    chosen = {
+        key: record
+        for key, record in results.items()
+        if record["row"] in names and record["seed"] in (seeds if record["row"] in SEEDED_ROWS else seeds[:1])
+    }
+    rows = aggregate(chosen)
     header = (f"Lab study: {budget.steps} steps per row (batch 16), {budget.num_images} test images "
               f"(DDIM {budget.ddim_steps}), seeds {seeds}, {budget.precision}; "
               f"this invocation {wall / 60:.1f} min")  # fmt: skip
     print(write_table(rows, out / "table.md", header))
-    plot({k: v for k, v in results.items() if v["row"] in names}, out / "ap_vs_steps.png")
+    plot(chosen, out / "ap_vs_steps.png")
     print(f"wrote {out / 'table.md'}, {out / 'ap_vs_steps.png'}, {results_path}")
     return 0
 
