@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from test_training import TINY, _subprocess_env, data_overrides, run_train, synthetic  # noqa: F401  (fixture)
 
 POSE_VALIDATION = """
@@ -75,3 +76,27 @@ def test_one_and_two_processes_log_the_same_pose_metrics(tmp_path, synthetic):  
     assert {k: v for k, v in row1.items() if k.startswith("val_pose/")} == {
         k: v for k, v in row2.items() if k.startswith("val_pose/")
     }
+
+
+@pytest.mark.slow
+def test_pose_validation_does_not_change_the_training_trajectory(tmp_path, synthetic):  # noqa: F811
+    """Turning pose validation on must not move the weights: it builds an estimator, samples, detects and scores
+    between steps, and any draw from the global RNGs would change the next batches' noise, timesteps and crops.
+    The estimator loads a checkpoint (the lab's), as real runs do: building it once drew its discarded initial
+    weights from the global RNG, and a lab run with validation every 250 steps ended with other weights."""
+    from test_training import ROOT, adapter_weights
+
+    lab_estimator = (
+        "{arch: mobilenetv2_lab, width_mult: 0.5, head_channels: 64, input_size: 64, "
+        f"checkpoint: {ROOT}/models/lab/pose_estimator.safetensors}}"
+    )
+    extra = tmp_path / "pose_validation.yaml"
+    extra.write_text(POSE_VALIDATION.split("    params:")[0] + f"    params: {lab_estimator}\n")
+    weights = {}
+    for every in (0, 2):
+        name = f"val{every}"
+        run_train(tmp_path, synthetic, "--config", str(extra), TINY, "--max_steps", "4", "--name", name,
+                  f"trainer.val_every_n_steps={every}", *validation_overrides(synthetic))  # fmt: skip
+        weights[every] = adapter_weights(tmp_path / f"exp/grpose/{name}/checkpoints/last.ckpt")
+    assert weights[0].keys() == weights[2].keys()
+    assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])

@@ -208,11 +208,12 @@ class BottomUpPoseEstimator:
             )
         if checkpoint is None:
             log.warning("pose model %s uses random weights (allow_random_init=True)", arch)
-            with torch.random.fork_rng(devices=[]):  # the same random weights in every process and run
-                torch.manual_seed(0)
-                self.model = build_pose_model(arch, width_mult, head_channels)
-        else:
+        # The initial weights come from a private RNG: the same random weights in every process and run, and
+        # building an estimator mid-training (pose validation) leaves the global RNG, and so the training, as is.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
             self.model = build_pose_model(arch, width_mult, head_channels)
+        if checkpoint is not None:
             load_mmpose_checkpoint(self.model, checkpoint, arch, config_key=config_key)
         self.model.eval().requires_grad_(False).to(self.device)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
