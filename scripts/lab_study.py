@@ -132,6 +132,11 @@ def run_row(*, name: str, configs: list[str], seed: int, budget: Budget, out: Pa
         log.info("%s step %d: %s", key, mark, record["evals"][str(mark)])
 
 
+def row_seeds(name: str, seeds: list[int]) -> list[int]:
+    """The seeds a row runs with: every one for SEEDED_ROWS, the first for the others."""
+    return seeds if name in SEEDED_ROWS else seeds[:1]
+
+
 def aggregate(results: dict) -> dict[str, dict]:
     """Per row: the final evaluation's columns as mean and spread (max - min) over seeds, and wall time."""
     rows: dict[str, dict] = {}
@@ -238,15 +243,11 @@ def main(argv: list[str] | None = None) -> int:
 
     tic = time.perf_counter()
     for name in names:
-        for seed in seeds if name in SEEDED_ROWS else seeds[:1]:
+        for seed in row_seeds(name, seeds):
             run_row(name=name, configs=ROWS[name], seed=seed, budget=budget, out=out, results=results, save=save)
     wall = time.perf_counter() - tic
     # this invocation's rows and seeds only: a folder may hold more (e.g. a third seed added later)
-    chosen = {
-        key: record
-        for key, record in results.items()
-        if record["row"] in names and record["seed"] in (seeds if record["row"] in SEEDED_ROWS else seeds[:1])
-    }
+    chosen = {k: r for k, r in results.items() if r["row"] in names and r["seed"] in row_seeds(r["row"], seeds)}
     rows = aggregate(chosen)
     header = (f"Lab study: {budget.steps} steps per row (batch 16), {budget.num_images} test images "
               f"(DDIM {budget.ddim_steps}), seeds {seeds}, {budget.precision}; "
