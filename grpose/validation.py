@@ -97,33 +97,46 @@ def score_subset(
     return score_images({p: to_uint8(images, p) for p in protocols}, gt, ids, estimator)
 
 
+def detect_images(images: np.ndarray, estimator: Any, protocol: str, batch_size: int = 64) -> list[dict[str, Any]]:
+    """The estimator's detections on uint8 RGB images (N, H, W, 3) as ``protocol`` runs it.
+
+    The released protocol feeds swapped channels to the detector (docs/metrics.md); the estimator's
+    ``channel_order`` is switched for that call and restored. The detector sees ``batch_size`` images per call
+    (bounded memory).
+    """
+    original = estimator.channel_order
+    try:
+        estimator.channel_order = "bgr" if protocol == "released" else "rgb"
+        detections = []
+        for start in range(0, len(images), batch_size):
+            detections += estimator(list(images[start : start + batch_size]))
+        return detections
+    finally:
+        estimator.channel_order = original
+
+
 def score_images(
     images: dict[str, np.ndarray],
     gt_poses: Sequence[np.ndarray],
     ids: Sequence[str],
     estimator: Any,
     batch_size: int = 64,
+    detections: dict[str, list] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Pose metrics per protocol of uint8 RGB images (N, H, W, 3) given per protocol, against ``gt_poses``.
 
-    The released protocol feeds swapped channels to the detector (docs/metrics.md); the estimator's
-    ``channel_order`` is switched for that call and restored. Real images (the lab estimator's ceiling) pass the
-    same array for both protocols. The detector sees ``batch_size`` images per call (bounded memory).
+    Real images (the lab estimator's ceiling) pass the same array for both protocols. ``detections``, when given,
+    receives each protocol's detections (``detect_images``).
     """
     out = {}
-    original = estimator.channel_order
-    try:
-        for protocol, batch in images.items():
-            estimator.channel_order = "bgr" if protocol == "released" else "rgb"
-            detections = []
-            for start in range(0, len(batch), batch_size):
-                detections += estimator(list(batch[start : start + batch_size]))
-            height, width = batch.shape[1], batch.shape[2]
-            out[protocol] = evaluate_pose_alignment(
-                list(gt_poses), detections, height, width, protocol=protocol, image_ids=list(ids)
-            )
-    finally:
-        estimator.channel_order = original
+    for protocol, batch in images.items():
+        found = detect_images(batch, estimator, protocol, batch_size)
+        if detections is not None:
+            detections[protocol] = found
+        height, width = batch.shape[1], batch.shape[2]
+        out[protocol] = evaluate_pose_alignment(
+            list(gt_poses), found, height, width, protocol=protocol, image_ids=list(ids)
+        )
     return out
 
 

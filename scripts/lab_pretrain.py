@@ -248,6 +248,7 @@ def ceiling(
     num_images: int | None,
     device: str,
     through_autoencoder: str | None = None,
+    breakdown: bool = False,
 ) -> dict:
     """The lab estimator's AP on held-out real images (docs/lab.md §3), read through the evaluation config; with
     ``through_autoencoder`` (a lab autoencoder file) on their round trips through it instead."""
@@ -263,7 +264,13 @@ def ceiling(
         transform, what = (lambda images: autoencoder_round_trip(vae, images)), f"round-tripped ({through_autoencoder})"
     out = ensure_lab_dataset_of(config)
     row = estimator_ceiling(
-        estimator, out / "mapping_file_validation.json", out, config.dataset.crop_size, num_images, transform=transform
+        estimator,
+        out / "mapping_file_validation.json",
+        out,
+        config.dataset.crop_size,
+        num_images,
+        transform=transform,
+        breakdown=breakdown,
     )
     log.info(
         "estimator %s on %d %s held-out images: AP %.3f", node.params.checkpoint, row["num_images"], what, row["ap"]
@@ -307,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="--ceiling on the images' round trips through this lab autoencoder (models/lab/autoencoder.safetensors)",
     )
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="--ceiling also splits the lost AP into extra detections, grouping and localisation (docs/metrics.md §10)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (the reference build) or cuda")
     p.add_argument("--max_minutes", type=float, default=None, help="per-stage time budget (stops early, resumable)")
     p.add_argument("--smoke", default=None, metavar="DIR", help="2 steps per stage on a tiny dataset in DIR")
@@ -314,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.stage is None) == (args.ceiling is None):
         p.error("give exactly one of --stage and --ceiling")
+    if args.breakdown and args.ceiling is None:
+        p.error("--breakdown goes with --ceiling")
     configure_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, overrides=args.overrides)
@@ -323,7 +337,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         config = smoke_config(config, Path(args.smoke))
     if args.ceiling is not None:
-        row = ceiling(config, base, args.eval_config, args.ceiling or None, args.device, args.through_autoencoder)
+        row = ceiling(
+            config,
+            base,
+            eval_config=args.eval_config,
+            num_images=args.ceiling or None,
+            device=args.device,
+            through_autoencoder=args.through_autoencoder,
+            breakdown=args.breakdown,
+        )
         print(json.dumps(row, indent=1))
         return 0
     config.device = args.device
