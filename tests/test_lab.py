@@ -330,7 +330,11 @@ def test_autoencoder_round_trip_is_deterministic_uint8_of_the_input_shape():
     images = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     first = autoencoder_round_trip(vae, images, batch_size=2)
     assert first.dtype == np.uint8 and first.shape == images.shape
-    assert np.array_equal(first, autoencoder_round_trip(vae, images, batch_size=3))
+    assert np.array_equal(first, autoencoder_round_trip(vae, images, batch_size=2))
+    # Across batch sizes the CPU's convolution kernels may sum in another order (oneDNN on Intel Xeon: bits differ),
+    # so another batch size agrees to one uint8 level, not bit for bit.
+    other = autoencoder_round_trip(vae, images, batch_size=3).astype(int)
+    assert np.abs(other - first.astype(int)).max() <= 1
     assert not np.array_equal(first, images)  # a random autoencoder does not reproduce its input
 
 
