@@ -6,8 +6,8 @@ python scripts/lab_study.py --rows grpose controlnet --seeds 0 1 2
 
 Every row trains through train.py on the frozen lab base (configs/lab/), in segments that resume exactly, and is
 evaluated after each segment on the same test subset with the same per-image seeds, by the lab estimator, under
-both protocols. Writes OUT/results.json (resumable: finished evaluations are kept), OUT/table.md and
-OUT/ap_vs_steps.png.
+both protocols. Writes OUT/results.json (resumable: finished evaluations are kept), OUT/table.md,
+OUT/ap_vs_steps.png and OUT/timing.json (each invocation's wall time; scripts/lab_targets.py reads it).
 """
 
 from __future__ import annotations
@@ -214,6 +214,23 @@ def check_same_budget(path: Path, budget: Budget) -> None:
     path.write_text(json.dumps(wanted, indent=1))
 
 
+def default_budget(precision: str) -> Budget:
+    """The budget of ``python scripts/lab_study.py`` without options (the study the lab's time target is about)."""
+    return Budget(steps=150, segments=3, num_images=32, ddim_steps=10, precision=precision)
+
+
+def record_timing(path: Path, **record) -> None:
+    """Append this invocation's wall time to ``path`` (read by scripts/lab_targets.py): rows, seeds, seconds,
+    whether it was the default study and whether it started from an empty folder (``fresh``: it ran every row)."""
+    from grpose.bench.machine import machine_info
+
+    info = machine_info()
+    records = json.loads(path.read_text()) if path.is_file() else []
+    records.append({**record, "finished": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{info['cpu']}, "
+                    f"{info['threads']} threads"})  # fmt: skip
+    path.write_text(json.dumps(records, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from grpose.cli import configure_logging
@@ -241,11 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         results_path.write_text(json.dumps(results, indent=1))
 
+    fresh = not results
     tic = time.perf_counter()
     for name in names:
         for seed in row_seeds(name, seeds):
             run_row(name=name, configs=ROWS[name], seed=seed, budget=budget, out=out, results=results, save=save)
     wall = time.perf_counter() - tic
+    default = not args.quick and budget == default_budget(budget.precision) and seeds == [0, 1] and names == list(ROWS)
+    record_timing(out / "timing.json", rows=names, seeds=seeds, wall_s=wall, default_study=default, fresh=fresh)
     # this invocation's rows and seeds only: a folder may hold more (e.g. a third seed added later)
     chosen = {k: r for k, r in results.items() if r["row"] in names and r["seed"] in row_seeds(r["row"], seeds)}
     rows = aggregate(chosen)

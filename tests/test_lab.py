@@ -233,8 +233,8 @@ def test_shipped_lab_weights_load_strictly_and_the_estimator_finds_the_drawn_peo
 @pytest.mark.slow
 def test_lab_study_scores_every_row_writes_table_and_plot_and_resumes(tmp_path, monkeypatch):
     """scripts/lab_study.py end to end on the shipped lab weights at a toy budget: each row's evaluations, the
-    table with the seed count, the plot; a second call resumes (nothing recomputed), a call with fewer seeds tables
-    only those, another budget is refused."""
+    table with the seed count, the plot, each invocation's wall time; a second call resumes (nothing recomputed), a
+    call with fewer seeds tables only those, another budget is refused."""
     import json
 
     import lab_study
@@ -255,9 +255,12 @@ def test_lab_study_scores_every_row_writes_table_and_plot_and_resumes(tmp_path, 
     table = (out / "table.md").read_text()
     assert "| GRPose | 2 |" in table and "| base only | 1 |" in table
     assert (out / "ap_vs_steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (timing,) = json.loads((out / "timing.json").read_text())
+    assert timing["fresh"] and not timing["default_study"] and timing["seeds"] == [0, 1] and timing["wall_s"] > 0
 
     assert lab_study.main(argv) == 0  # resumed: every evaluation is on record, nothing is trained again
     assert json.loads((out / "results.json").read_text()) == results
+    assert [r["fresh"] for r in json.loads((out / "timing.json").read_text())] == [True, False]
     one_seed = [a for a in argv if a != "1"]  # --seeds 0: the table and plot leave seed 1 out, the record keeps it
     assert lab_study.main(one_seed) == 0
     assert "| GRPose | 1 |" in (out / "table.md").read_text()
