@@ -158,18 +158,19 @@ def check_resume(resume: str, config: DictConfig) -> tuple[int, int] | None:
 
 
 def ensure_synthetic_data(config: DictConfig) -> None:
-    """Create the synthetic dataset a tiny config points at (``synthetic_data: {out, num, seed}``) if missing."""
+    """Create the synthetic dataset a config points at (``synthetic_data: {out, num, seed, image_size,
+    val_fraction}``) if missing; a folder made with other settings or an older generator is refused
+    (``ensure_synthetic_dataset``)."""
     spec = config.get("synthetic_data")
     if not spec:
         return
-    out = Path(spec.out)
-    if (out / "mapping_file_training.json").is_file():
-        return
-    from grpose.data.synthetic import make_synthetic_dataset
+    from grpose.data.synthetic import ensure_synthetic_dataset
 
-    log.info("creating the synthetic dataset in %s", out)
     extra = {k: tuple(v) if k == "image_size" else v for k, v in spec.items() if k in ("image_size", "val_fraction")}
-    make_synthetic_dataset(out, spec.num, seed=spec.get("seed", 0), **extra)
+    try:
+        ensure_synthetic_dataset(spec.out, spec.num, seed=spec.get("seed", 0), **extra)
+    except ValueError as err:
+        raise SystemExit(f"synthetic_data: {err}") from err
 
 
 def load_control_ckpt(model, path: str, base_model: str | None = None) -> None:

@@ -152,13 +152,15 @@ def load_lab_autoencoder(base: DictConfig, path: str | Path, config_key: str, de
 
 def round_trips_of(config: DictConfig, base: DictConfig, images: np.ndarray) -> np.ndarray:
     """``images`` through the autoencoder of ``estimator.round_trip_autoencoder`` (docs/lab.md §3), computed once
-    and cached in the stage's work_dir under the weight file's hash, so a resumed stage reuses them."""
+    and cached in the stage's work_dir under the hashes of the weight file and of the images, so a resumed stage
+    reuses them."""
     from grpose.lab.estimator_stage import autoencoder_round_trip
 
     spec = config.estimator
     path = Path(spec.round_trip_autoencoder)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
-    cache = Path(spec.work_dir) / f"round_trips_{digest}_{len(images)}.npy"
+    images_digest = hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()[:10]  # another dataset: recompute
+    cache = Path(spec.work_dir) / f"round_trips_{digest}_{len(images)}_{images_digest}.npy"
     if cache.is_file():
         return np.load(cache)
     vae = load_lab_autoencoder(base, path, "estimator.round_trip_autoencoder", config.device)

@@ -60,8 +60,39 @@ def test_deterministic(tmp_path):
     make_synthetic_dataset(tmp_path / "b", 6, seed=7)
     make_synthetic_dataset(tmp_path / "c", 6, seed=8)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b") != _digest(tmp_path / "c")
-    assert ensure_synthetic_dataset(tmp_path / "a", 99) == tmp_path / "a"  # exists: not rewritten
+    assert ensure_synthetic_dataset(tmp_path / "a", 6, seed=7) == tmp_path / "a"  # the same dataset: reused
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+
+
+def test_a_folder_made_otherwise_or_by_an_older_generator_is_refused_untouched(tmp_path):
+    out = tmp_path / "syn"
+    make_synthetic_dataset(out, 6, seed=7)
+    before = _digest(out)
+    with pytest.raises(ValueError, match=r"(?s)syn.*'num_images': 6.*'num_images': 99.*Delete"):
+        ensure_synthetic_dataset(out, 99, seed=7)
+    assert _digest(out) == before  # refused, not rewritten
+    record = out / "synthetic_dataset.json"
+    spec = json.loads(record.read_text())
+    record.write_text(json.dumps({**spec, "generator": 1}))
+    with pytest.raises(ValueError, match=r"'generator': 1"):
+        ensure_synthetic_dataset(out, 6, seed=7)
+    record.unlink()  # folders made before the record existed are generator version 1
+    with pytest.raises(ValueError, match=r"no synthetic_dataset\.json \(made by generator version 1\)"):
+        ensure_synthetic_dataset(out, 6, seed=7)
+    assert sorted(p.name for p in out.iterdir()) == ["images", "mapping_file_training.json",
+                                                     "mapping_file_validation.json", "pose"]  # fmt: skip
+
+
+def test_every_figure_faces_the_viewer_so_its_left_and_right_can_be_read_from_the_image():
+    """The figures have no face and mirror-alike limbs: a back view would be a front view with swapped labels
+    (docs/lab.md §1). Facing the viewer, a person's left shoulder, hip and eye are on the image's right."""
+    from grpose.data.synthetic import _random_person
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        xy = _random_person(rng, 150, 140)
+        for left, right in ((5, 6), (11, 12), (1, 2), (3, 4)):
+            assert xy[left, 0] > xy[right, 0]
 
 
 def test_round_trip_through_dataset(synthetic, caplog):

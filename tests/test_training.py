@@ -295,3 +295,6 @@ def test_train_creates_the_configured_synthetic_dataset(tmp_path):
     assert (tmp_path / "syn/mapping_file_validation.json").is_file()
     train.ensure_synthetic_data(config)  # present: left as it is
     assert (tmp_path / "syn/mapping_file_training.json").read_text() == first
+    config.synthetic_data.num = 7  # the folder holds another dataset: refused with the folder and what to do
+    with pytest.raises(SystemExit, match=r"(?s)synthetic_data: .*syn.*Delete"):
+        train.ensure_synthetic_data(config)

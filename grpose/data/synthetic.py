@@ -23,6 +23,10 @@ _STYLE = {
 }
 _ACTIVITIES = ("dancing", "standing", "walking", "jumping", "posing", "stretching", "waving", "running")
 _COUNT_WORDS = {1: "one person", 2: "two people", 3: "three people"}
+#: Bumped when the same seed draws different images or keypoints; folders that record it (the lab's
+#: ``lab_dataset.json``) are refused by a newer generator. 2: every figure faces the viewer (``_random_person``).
+GENERATOR_VERSION = 2
+SPEC_FILE = "synthetic_dataset.json"
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -58,27 +62,31 @@ def _random_person(rng: np.random.Generator, height: int, width: int) -> np.ndar
     hip = np.array([rng.uniform(0.1, 0.9) * width, rng.uniform(0.45, 0.8) * height])
     lean = float(rng.normal(0, 0.2))
     up = -_unit(lean)  # torso direction (towards the head)
-    side = np.array([-up[1], up[0]])  # image-right for a person facing the viewer (their left side)
-    facing = 1.0 if rng.random() < 0.8 else -1.0  # -1: seen from the back (left/right swap in the image)
+    side = np.array([-up[1], up[0]])  # image-right: the person faces the viewer, so this is their left side
+    # Every figure faces the viewer (generator version 2). The figures have no face and their left and right limbs
+    # look alike, so a figure seen from the back looked exactly like a mirrored front view with its left/right
+    # labels swapped: labels no estimator can read from the image, which capped every lab AP (docs/lab.md §1).
+    # The draw that chose the facing in version 1 stays, so every other draw of a seed is unchanged.
+    rng.random()
     neck = hip + up * 0.3 * body
     xy = np.zeros((17, 2))
     head = neck + up * 0.12 * body + side * rng.normal(0, 0.02) * body
     xy[0] = head  # nose
     for j, s in ((1, 1), (2, -1)):  # eyes
-        xy[j] = head + up * 0.025 * body + side * facing * s * 0.025 * body
+        xy[j] = head + up * 0.025 * body + side * s * 0.025 * body
     for j, s in ((3, 1), (4, -1)):  # ears
-        xy[j] = head + up * 0.01 * body + side * facing * s * 0.05 * body
+        xy[j] = head + up * 0.01 * body + side * s * 0.05 * body
     shoulder_w, hip_w = 0.12 * body, 0.08 * body
     for j, s in ((5, 1), (6, -1)):  # shoulders, elbows, wrists
-        xy[j] = neck + side * facing * s * shoulder_w
-        upper = lean + s * facing * float(rng.uniform(-0.3, 2.8))
-        lower = upper + s * facing * float(rng.uniform(-0.2, 2.0))
+        xy[j] = neck + side * s * shoulder_w
+        upper = lean + s * float(rng.uniform(-0.3, 2.8))
+        lower = upper + s * float(rng.uniform(-0.2, 2.0))
         xy[j + 2] = xy[j] + _unit(upper) * 0.17 * body
         xy[j + 4] = xy[j + 2] + _unit(lower) * 0.15 * body
     for j, s in ((11, 1), (12, -1)):  # hips, knees, ankles
-        xy[j] = hip + side * facing * s * hip_w
-        thigh = lean + s * facing * float(rng.uniform(-0.2, 0.9))
-        shin = thigh - s * facing * float(rng.uniform(-0.1, 1.2))
+        xy[j] = hip + side * s * hip_w
+        thigh = lean + s * float(rng.uniform(-0.2, 0.9))
+        shin = thigh - s * float(rng.uniform(-0.1, 1.2))
         xy[j + 2] = xy[j] + _unit(thigh) * 0.24 * body
         xy[j + 4] = xy[j + 2] + _unit(shin) * 0.23 * body
     return xy
@@ -165,9 +173,10 @@ def make_synthetic_dataset(
 
     Files: ``images/<scene>/<name>.jpg``, ``pose/<scene>/<name>.npz`` (``arr_0`` = object array of person dicts
     with ``keypoints`` (17, 3) and ``bbox``), ``mapping_file_training.json`` and ``mapping_file_validation.json``
-    (``{id: {img_path, prompt, pose_path}}``, paths relative to ``out_dir``). Each image has 1-3 people; image
-    sizes vary around ``image_size`` = (height, width) (width about 80-160 px for the default). Deterministic for
-    a seed. Returns a summary dict (paths, split sizes, people count).
+    (``{id: {img_path, prompt, pose_path}}``, paths relative to ``out_dir``), and ``synthetic_dataset.json``: the
+    arguments and ``GENERATOR_VERSION`` that made them (``ensure_synthetic_dataset`` compares it). Each image has
+    1-3 people; image sizes vary around ``image_size`` = (height, width) (width about 80-160 px for the default).
+    Deterministic for a seed. Returns a summary dict (paths, split sizes, people count).
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -205,6 +214,8 @@ def make_synthetic_dataset(
         paths[split] = out / f"mapping_file_{split}.json"
         with open(paths[split], "w", encoding="utf-8") as fh:
             json.dump(mapping, fh, indent=1)
+    spec = dataset_spec(num_images, seed, image_size, val_fraction, scenes)
+    (out / SPEC_FILE).write_text(json.dumps(spec, indent=1))  # written last: a record of a complete dataset
     log.info("synthetic dataset: %d training + %d validation images in %s", len(training), len(validation), out)
     return {
         "out_dir": str(out),
@@ -216,9 +227,41 @@ def make_synthetic_dataset(
     }
 
 
-def ensure_synthetic_dataset(out_dir: str | Path, num_images: int, seed: int = 0) -> Path:
-    """Create the synthetic dataset in ``out_dir`` unless both mapping files already exist; returns ``out_dir``."""
+def dataset_spec(
+    num_images: int, seed: int, image_size: tuple[int, int], val_fraction: float, scenes: tuple[str, ...] = SCENES
+) -> dict[str, Any]:
+    """What a synthetic dataset is made from: ``make_synthetic_dataset``'s arguments and the generator version."""
+    return {"num_images": int(num_images), "seed": int(seed), "image_size": [int(v) for v in image_size],
+            "val_fraction": float(val_fraction), "scenes": list(scenes), "generator": GENERATOR_VERSION}  # fmt: skip
+
+
+def ensure_synthetic_dataset(
+    out_dir: str | Path,
+    num_images: int,
+    seed: int = 0,
+    image_size: tuple[int, int] = (96, 128),
+    val_fraction: float = 0.25,
+    scenes: tuple[str, ...] = SCENES,
+) -> Path:
+    """Create the synthetic dataset in ``out_dir`` unless it is there; returns ``out_dir``.
+
+    A folder with both mapping files is reused only when its ``synthetic_dataset.json`` records the same
+    arguments and generator version; otherwise (other settings, an older generator, or no record: folders made
+    before generator version 2) it is refused with what to do, and nothing in it is changed.
+    """
     out = Path(out_dir)
+    wanted = dataset_spec(num_images, seed, image_size, val_fraction, scenes)
     if not ((out / "mapping_file_training.json").is_file() and (out / "mapping_file_validation.json").is_file()):
-        make_synthetic_dataset(out, num_images, seed=seed)
+        log.info("creating the synthetic dataset (%d images) in %s", num_images, out)
+        make_synthetic_dataset(out, num_images, seed=seed, image_size=image_size, val_fraction=val_fraction,
+                               scenes=scenes)  # fmt: skip
+        return out
+    record = out / SPEC_FILE
+    found = json.loads(record.read_text()) if record.is_file() else None
+    if found != wanted:
+        made = f"was made with {found}" if found else f"has no {SPEC_FILE} (made by generator version 1)"
+        raise ValueError(
+            f"{out} holds a synthetic dataset that {made}; the config asks for {wanted}. Delete {out} (it is "
+            "recreated on the next run, 8,000 images in about 25 s) or point the config at another folder"
+        )
     return out

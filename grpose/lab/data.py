@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from grpose.data.pose_dataset import PoseDataset
-from grpose.data.synthetic import make_synthetic_dataset
+from grpose.data.synthetic import SPEC_FILE, ensure_synthetic_dataset
 
 log = logging.getLogger(__name__)
 
@@ -19,26 +18,11 @@ log = logging.getLogger(__name__)
 def ensure_lab_dataset(
     out_dir: str | Path, num_images: int, seed: int, image_size: tuple[int, int], val_fraction: float
 ) -> Path:
-    """Create the lab dataset (HumanSD on-disk format) once; a ``lab_dataset.json`` stamp records how it was made.
-
-    An existing folder made with other settings is an error rather than silently reused: the lab's numbers
-    refer to one exact dataset.
-    """
-    out = Path(out_dir)
-    spec = {"num_images": num_images, "seed": seed, "image_size": list(image_size), "val_fraction": val_fraction}
-    stamp = out / "lab_dataset.json"
-    if stamp.is_file():
-        found = json.loads(stamp.read_text())
-        if found != spec:
-            raise ValueError(
-                f"{out} holds a lab dataset made with {found}, the config asks for {spec}; "
-                f"delete {out} or point the config at another folder"
-            )
-        return out
-    log.info("creating the lab dataset (%d images) in %s", num_images, out)
-    make_synthetic_dataset(out, num_images, seed=seed, image_size=tuple(image_size), val_fraction=val_fraction)
-    stamp.write_text(json.dumps(spec))
-    return out
+    """Create the lab dataset (HumanSD on-disk format) once (``ensure_synthetic_dataset``: a folder made with
+    other settings or by another generator version is refused: the lab's numbers and weights refer to one exact
+    dataset)."""
+    return ensure_synthetic_dataset(out_dir, num_images, seed=seed, image_size=tuple(image_size),
+                                    val_fraction=val_fraction)  # fmt: skip
 
 
 @dataclass
@@ -58,7 +42,9 @@ class LabArrays:
 def load_lab_arrays(mapping_file: str | Path, base_dir: str | Path, image_size: int) -> LabArrays:
     """Centre crops exactly as ``PoseDataset(train=False)`` serves them; cached next to the mapping file."""
     mapping_file = Path(mapping_file)
-    digest = hashlib.sha1(mapping_file.read_bytes()).hexdigest()[:10]
+    record = mapping_file.with_name(SPEC_FILE)  # the same mapping file from another generator version differs here
+    digest = hashlib.sha1(mapping_file.read_bytes() + (record.read_bytes() if record.is_file() else b"")).hexdigest()
+    digest = digest[:10]
     cache = mapping_file.with_name(f"{mapping_file.stem}.{image_size}px.{digest}.npz")
     if cache.is_file():
         with np.load(cache) as data:
