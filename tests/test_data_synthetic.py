@@ -157,3 +157,18 @@ def test_workers_share_skip_count(tmp_path):
 def test_collate_mixed_values():
     batch = collate_pose_batch([{"a": np.zeros(2), "txt": "x", "n": 1}, {"a": np.ones(2), "txt": "y", "n": 2}])
     assert batch["txt"] == ["x", "y"] and batch["a"].shape == (2, 2) and batch["n"].tolist() == [1, 2]
+
+
+def test_person_masks_change_nothing_and_cover_each_persons_drawn_joints():
+    from grpose.data.synthetic import draw_synthetic_image
+
+    plain, people = draw_synthetic_image(np.random.default_rng(4), 120, 110, num_people=3)
+    masks: list[np.ndarray] = []
+    image, same_people = draw_synthetic_image(np.random.default_rng(4), 120, 110, num_people=3, masks=masks)
+    assert np.array_equal(image, plain) and len(masks) == 3
+    assert all(np.array_equal(a["keypoints"], b["keypoints"]) for a, b in zip(people, same_people))
+    last = people[-1]["keypoints"]  # drawn last: nothing covers it, and its limbs end on its joints
+    for j in (0, *range(5, 17)):
+        x, y = np.round(last[j, :2]).astype(int)
+        if 0 <= x < 110 and 0 <= y < 120 and last[j, 2] > 0:
+            assert masks[-1][y, x] > 127, j

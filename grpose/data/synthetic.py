@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,23 +94,32 @@ def _random_person(rng: np.random.Generator, height: int, width: int) -> np.ndar
     return xy
 
 
-def _draw_person(image: np.ndarray, xy: np.ndarray, rng: np.random.Generator, body_height: float) -> None:
-    """Draw a person as thick coloured capsules (limbs), a filled torso quad and a head disc."""
+def _draw_person(
+    image: np.ndarray, xy: np.ndarray, rng: np.random.Generator, body_height: float, mask: np.ndarray | None = None
+) -> None:
+    """Draw a person as thick coloured capsules (limbs), a filled torso quad and a head disc; ``mask`` (H, W)
+    uint8, when given, gets the same shapes in 255 (how much of each pixel the person covers, anti-aliased like
+    the image; no extra random draws)."""
     skin = tuple(int(c) for c in rng.integers(90, 256, 3))
     shirt = tuple(int(c) for c in rng.integers(0, 256, 3))
     trousers = tuple(int(c) for c in rng.integers(0, 256, 3))
     scale = max(body_height, 8.0)
     limb_w = max(2, int(scale * 0.05))
+    canvases = [(image, None)] if mask is None else [(image, None), (mask, 255)]
+
+    def paint(draw, color: tuple[int, ...]) -> None:
+        for canvas, mask_value in canvases:
+            draw(canvas, color if mask_value is None else mask_value)
 
     def capsule(a: int, b: int, color: tuple[int, ...], width: int) -> None:
         pa = tuple(int(round(v)) for v in xy[a])
         pb = tuple(int(round(v)) for v in xy[b])
-        cv2.line(image, pa, pb, color, width, cv2.LINE_AA)
-        cv2.circle(image, pa, width // 2, color, -1, cv2.LINE_AA)
-        cv2.circle(image, pb, width // 2, color, -1, cv2.LINE_AA)
+        paint(lambda c, col: cv2.line(c, pa, pb, col, width, cv2.LINE_AA), color)
+        paint(lambda c, col: cv2.circle(c, pa, width // 2, col, -1, cv2.LINE_AA), color)
+        paint(lambda c, col: cv2.circle(c, pb, width // 2, col, -1, cv2.LINE_AA), color)
 
     torso = np.round(xy[[5, 6, 12, 11]]).astype(np.int32)
-    cv2.fillConvexPoly(image, torso, shirt, cv2.LINE_AA)
+    paint(lambda c, col: cv2.fillConvexPoly(c, torso, col, cv2.LINE_AA), shirt)
     for a, b in ((11, 13), (13, 15), (12, 14), (14, 16)):
         capsule(a, b, trousers, limb_w + 1)
     for a, b in ((5, 7), (6, 8)):
@@ -116,9 +127,10 @@ def _draw_person(image: np.ndarray, xy: np.ndarray, rng: np.random.Generator, bo
     for a, b in ((7, 9), (8, 10)):
         capsule(a, b, skin, limb_w)
     head = tuple(int(round(v)) for v in xy[0])
-    cv2.circle(image, head, max(2, int(scale * 0.065)), skin, -1, cv2.LINE_AA)
+    paint(lambda c, col: cv2.circle(c, head, max(2, int(scale * 0.065)), col, -1, cv2.LINE_AA), skin)
     for j in (1, 2):
-        cv2.circle(image, tuple(int(round(v)) for v in xy[j]), max(1, limb_w // 3), (20, 20, 20), -1)
+        eye = tuple(int(round(v)) for v in xy[j])
+        paint(lambda c, col, eye=eye: cv2.circle(c, eye, max(1, limb_w // 3), col, -1), (20, 20, 20))
 
 
 def _annotate(rng: np.random.Generator, xy: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -143,22 +155,77 @@ def _prompt(rng: np.random.Generator, scene: str, num_people: int) -> str:
 
 
 def draw_synthetic_image(
-    rng: np.random.Generator, height: int, width: int, num_people: int | None = None
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    num_people: int | None = None,
+    masks: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
-    """One RGB uint8 (height, width, 3) image with 1-3 (or ``num_people``) drawn people and their person dicts."""
+    """One RGB uint8 (height, width, 3) image with 1-3 (or ``num_people``) drawn people and their person dicts.
+
+    ``masks``, when given, receives one (height, width) uint8 coverage mask (0-255) per person, in drawing order
+    (a later person covers an earlier one); the image and the random draws are the same either way."""
     image = _background(rng, height, width)
     if num_people is None:
         num_people = int(rng.integers(1, 4))
     people = []
     for _ in range(num_people):
         xy = _random_person(rng, height, width)
-        _draw_person(image, xy, rng, float(np.ptp(xy[:, 1])))
+        mask = None if masks is None else np.zeros((height, width), np.uint8)
+        _draw_person(image, xy, rng, float(np.ptp(xy[:, 1])), mask=mask)
+        if masks is not None:
+            masks.append(mask)
         keypoints = _annotate(rng, xy, height, width)
         present = keypoints[:, 2] > 0
         lo = keypoints[present, :2].min(axis=0) if present.any() else np.zeros(2)
         hi = keypoints[present, :2].max(axis=0) if present.any() else np.zeros(2)
         people.append({"keypoints": keypoints, "bbox": np.array([*lo, *(hi - lo)], np.float32)})
     return image, people
+
+
+@dataclass
+class SyntheticSample:
+    """One drawn sample: ``image`` uint8 (H, W, 3) RGB, its person dicts, prompt, split, and (when asked for) one
+    (H, W) uint8 mask per person in drawing order."""
+
+    index: int
+    scene: str
+    name: str
+    image: np.ndarray
+    people: list[dict[str, np.ndarray]]
+    prompt: str
+    validation: bool
+    masks: list[np.ndarray] | None
+
+
+def synthetic_samples(
+    num_images: int,
+    seed: int = 0,
+    image_size: tuple[int, int] = (96, 128),
+    val_fraction: float = 0.25,
+    scenes: tuple[str, ...] = SCENES,
+    masks: bool = False,
+) -> Iterator[SyntheticSample]:
+    """The samples ``make_synthetic_dataset`` writes, in order, drawn in memory (the same random draws);
+    ``masks=True`` adds each person's drawn pixels (``draw_synthetic_image``)."""
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    base_h, base_w = image_size
+    num_val = int(round(num_images * val_fraction))
+    if num_images >= 2 and val_fraction > 0:
+        num_val = min(max(num_val, 1), num_images - 1)
+    val_index = set(rng.permutation(num_images)[:num_val].tolist())
+    for i in range(num_images):
+        scene = scenes[i % len(scenes)]
+        height = int(round(base_h * rng.uniform(0.85, 1.2)))
+        width = int(round(base_w * rng.uniform(0.65, 1.25)))
+        person_masks: list[np.ndarray] | None = [] if masks else None
+        image, people = draw_synthetic_image(rng, height, width, masks=person_masks)
+        prompt = _prompt(rng, scene, len(people))
+        yield SyntheticSample(i, scene, f"{i:06d}", image, people, prompt, i in val_index, person_masks)
 
 
 def make_synthetic_dataset(
@@ -178,37 +245,22 @@ def make_synthetic_dataset(
     1-3 people; image sizes vary around ``image_size`` = (height, width) (width about 80-160 px for the default).
     Deterministic for a seed. Returns a summary dict (paths, split sizes, people count).
     """
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    out = Path(out_dir)
-    rng = np.random.default_rng(seed)
-    base_h, base_w = image_size
-    num_val = int(round(num_images * val_fraction))
-    if num_images >= 2 and val_fraction > 0:
-        num_val = min(max(num_val, 1), num_images - 1)
-    val_index = set(rng.permutation(num_images)[:num_val].tolist())
+    out = Path(out_dir)  # synthetic_samples checks the arguments before the first file is written
     training: dict[str, dict[str, str]] = {}
     validation: dict[str, dict[str, str]] = {}
     total_people = 0
-    for i in range(num_images):
-        scene = scenes[i % len(scenes)]
-        name = f"{i:06d}"
-        height = int(round(base_h * rng.uniform(0.85, 1.2)))
-        width = int(round(base_w * rng.uniform(0.65, 1.25)))
-        image, people = draw_synthetic_image(rng, height, width)
-        num_people = len(people)
-        total_people += num_people
-        img_rel = f"images/{scene}/{name}.jpg"
-        pose_rel = f"pose/{scene}/{name}.npz"
+    for sample in synthetic_samples(num_images, seed, image_size, val_fraction, scenes):
+        total_people += len(sample.people)
+        img_rel = f"images/{sample.scene}/{sample.name}.jpg"
+        pose_rel = f"pose/{sample.scene}/{sample.name}.npz"
         (out / img_rel).parent.mkdir(parents=True, exist_ok=True)
         (out / pose_rel).parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(out / img_rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92]):
+        bgr = cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR)
+        if not cv2.imwrite(str(out / img_rel), bgr, [cv2.IMWRITE_JPEG_QUALITY, 92]):
             raise OSError(f"could not write {out / img_rel}")
-        np.savez(out / pose_rel, arr_0=np.array(people, dtype=object))
-        entry = {"img_path": img_rel, "prompt": _prompt(rng, scene, num_people), "pose_path": pose_rel}
-        (validation if i in val_index else training)[f"{scene}_{name}"] = entry
+        np.savez(out / pose_rel, arr_0=np.array(sample.people, dtype=object))
+        entry = {"img_path": img_rel, "prompt": sample.prompt, "pose_path": pose_rel}
+        (validation if sample.validation else training)[f"{sample.scene}_{sample.name}"] = entry
     paths = {}
     for split, mapping in (("training", training), ("validation", validation)):
         paths[split] = out / f"mapping_file_{split}.json"
