@@ -274,7 +274,8 @@ def test_short_adapter_training_on_the_lab_base_raises_pose_ap_above_the_base_on
     """The method working in miniature: 125 adapter steps of the README's main job on the frozen shipped lab base
     make figures the lab estimator matches to their skeletons (on version-1 data: AP 0.007, AP50 0.057 on 16
     validation images in bf16 on the 2-core machine; 0.009 and 0.045 in fp32), where the base alone, on the same
-    images and seeds, scores AP 0 (docs/lab.md §6). Deterministic on one machine type; 2.7 minutes on 2 cores, dataset creation included."""
+    images and seeds, scores AP 0 (docs/lab.md §6). Deterministic on one machine type; 2.7 minutes on 2 cores,
+    dataset creation included."""
     import json
 
     monkeypatch.chdir(ROOT)  # the lab configs name the shipped weight files relative to the repository
