@@ -236,12 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     from grpose.cli import configure_logging
 
     configure_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    precision = lab_precision(args.overrides)
+    default = default_budget(precision)
     budget = Budget(
-        steps=args.steps or (40 if args.quick else 150),
+        steps=args.steps or (40 if args.quick else default.steps),
         segments=args.segments,
-        num_images=args.num_images or (16 if args.quick else 32),
+        num_images=args.num_images or (16 if args.quick else default.num_images),
         ddim_steps=args.ddim_steps,
-        precision=lab_precision(args.overrides),
+        precision=precision,
         overrides=tuple(args.overrides),
     )
     seeds = args.seeds or ([0] if args.quick else [0, 1])
@@ -264,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in row_seeds(name, seeds):
             run_row(name=name, configs=ROWS[name], seed=seed, budget=budget, out=out, results=results, save=save)
     wall = time.perf_counter() - tic
-    default = not args.quick and budget == default_budget(budget.precision) and seeds == [0, 1] and names == list(ROWS)
-    record_timing(out / "timing.json", rows=names, seeds=seeds, wall_s=wall, default_study=default, fresh=fresh)
+    is_default = not args.quick and budget == default and seeds == [0, 1] and names == list(ROWS)
+    record_timing(out / "timing.json", rows=names, seeds=seeds, wall_s=wall, default_study=is_default, fresh=fresh)
     # this invocation's rows and seeds only: a folder may hold more (e.g. a third seed added later)
     chosen = {k: r for k, r in results.items() if r["row"] in names and r["seed"] in row_seeds(r["row"], seeds)}
     rows = aggregate(chosen)

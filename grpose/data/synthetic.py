@@ -25,8 +25,9 @@ _STYLE = {
 }
 _ACTIVITIES = ("dancing", "standing", "walking", "jumping", "posing", "stretching", "waving", "running")
 _COUNT_WORDS = {1: "one person", 2: "two people", 3: "three people"}
-#: Bumped when the same seed draws different images or keypoints; folders that record it (the lab's
-#: ``lab_dataset.json``) are refused by a newer generator. 2: every figure faces the viewer (``_random_person``).
+#: Bumped when the same seed draws different images or keypoints; a folder whose ``synthetic_dataset.json``
+#: records another version is refused (``ensure_synthetic_dataset``). 2: every figure faces the viewer
+#: (``_random_person``).
 GENERATOR_VERSION = 2
 SPEC_FILE = "synthetic_dataset.json"
 
@@ -314,6 +315,6 @@ def ensure_synthetic_dataset(
         made = f"was made with {found}" if found else f"has no {SPEC_FILE} (made by generator version 1)"
         raise ValueError(
             f"{out} holds a synthetic dataset that {made}; the config asks for {wanted}. Delete {out} (it is "
-            "recreated on the next run, 8,000 images in about 25 s) or point the config at another folder"
+            "recreated on the next run; the lab's 8,000 images take about 25 s) or point the config at another folder"
         )
     return out
